@@ -1,0 +1,5 @@
+"""``python -m tunelab`` runs the CLI."""
+
+from tunelab.cli import main
+
+main()

@@ -1,0 +1,185 @@
+"""The Python entry points: ``train``, ``evaluate``, ``load`` and ``inspect``. The CLI is a thin layer over these.
+
+``train`` reads like the recipe: data, model, strategy, evaluate before, fit, evaluate after, save, report.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+
+from tunelab.data.prepare import DataReport, read_rows, split_rows, validate
+from tunelab.errors import RunError
+from tunelab.evaluate.drift import snapshot, weight_drift
+from tunelab.evaluate.memory import peak_rss_bytes
+from tunelab.evaluate.metrics import majority_baseline
+from tunelab.recipe import Recipe, load_recipe
+from tunelab.runfolder import MetricsLog, existing_run, new_run_dir, write_json
+from tunelab.strategies.base import make_strategy
+from tunelab.tasks import build_task
+from tunelab.train.checkpoint import complete_checkpoints
+from tunelab.train.loop import Trainer, seed_everything
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def _quiet_libraries() -> None:
+    """transformers' load reports and progress bars drown our own output; errors still show."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
+
+
+@dataclass
+class PreparedData:
+    """Features per split, the label names, and what happened to the rows."""
+
+    splits: dict[str, list[dict[str, Any]]]
+    report: DataReport
+
+
+def prepare_data(recipe: Recipe, task: Any) -> PreparedData:
+    """Read, validate, split and featurize the recipe's data through the task."""
+    given, source_report = read_rows(recipe.data)
+    report = DataReport(source=source_report)
+    if hasattr(task, "fit_labels"):
+        task.fit_labels(given["train"])
+    valid = {name: validate(rows, task.check_row, recipe.data, report) for name, rows in given.items()}
+    missing = [name for name in ("validation", "test") if name not in valid]
+    if missing:
+        key = getattr(task, "stratify_key", None)
+        carved = split_rows(valid["train"], recipe.data, recipe.seed, key, missing)
+        valid = {**valid, **carved}
+    if recipe.data.limit:
+        valid["train"] = valid["train"][: recipe.data.limit]
+    splits = {}
+    for name, rows in valid.items():
+        prepared = task.featurize(rows)
+        report.add_skips(prepared.rejected, recipe.data)
+        report.truncated += prepared.truncated
+        splits[name] = prepared.features
+        report.rows[name] = len(prepared.features)
+    return PreparedData(splits, report)
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, Any]:
+    """Total, trainable and frozen parameters (the seed's '247M total, 222M frozen, 24M trainable')."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable, "frozen": total - trainable,
+            "trainable_share": trainable / total if total else 0.0}
+
+
+def _eval_splits(task: Any, model: torch.nn.Module, data: PreparedData, recipe: Recipe) -> dict[str, Any]:
+    return {name: task.evaluate(model, data.splits[name], recipe.eval.batch_size)
+            for name in ("validation", "test") if data.splits.get(name)}
+
+
+def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bool = False, resume: bool = False,
+          overrides: list[str] | None = None) -> Path:
+    """Fine-tune as the recipe says and write a complete run folder; returns its path.
+
+    With ``resume=True`` and a ``name`` (or a run folder as ``recipe``), training continues from the newest complete
+    checkpoint and ends as the uninterrupted run would have.
+    """
+    _quiet_libraries()
+    run_dir: Path | None = None
+    if isinstance(recipe, (str, Path)) and Path(recipe).is_dir():
+        run_dir, recipe = existing_run(recipe)
+        resume = True
+    elif not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    if resume and run_dir is None:
+        if not name:
+            raise RunError("--resume needs the run: pass its folder (tunelab train runs/NAME --resume) or --name NAME")
+        run_dir, recipe = existing_run(Path(recipe.output.dir) / name)
+    if not resume and name and not overwrite and (Path(recipe.output.dir) / name).exists():
+        new_run_dir(recipe, name, overwrite)  # raises the 'already exists' error before any work
+    seed_everything(recipe.seed)
+    started = time.time()
+
+    from tunelab.models import load_tokenizer
+
+    tokenizer = load_tokenizer(recipe.model.name, recipe.model.trust_remote_code)
+    task = build_task(recipe, tokenizer)
+    data = prepare_data(recipe, task)
+    seed_everything(recipe.seed)
+    model = task.build_model()
+    strategy = make_strategy(recipe.strategy)
+    model = strategy.apply(model)
+    counts = parameter_counts(model)
+    if run_dir is None:  # created only now that data and model are known to be good
+        made = [str(new_run_dir(recipe, name, overwrite)) if acc.is_main_process else ""]
+        run_dir = Path(broadcast_object_list(made)[0]) if acc.num_processes > 1 else Path(made[0])
+    before_weights = snapshot(model)
+    before = _eval_splits(task, model, data, recipe) if recipe.eval.before else {}
+
+    log = MetricsLog(run_dir / "metrics.jsonl", enabled=acc.is_main_process)
+    trainer = Trainer(recipe, task, strategy, model, data.splits["train"], data.splits["validation"], run_dir, acc)
+    found = complete_checkpoints(run_dir / "checkpoints") if resume else []
+    if found:
+        trainer.restore(found[-1])
+        log.truncate_after(trainer.state.step)
+    try:
+        state = trainer.fit(log)
+    except KeyboardInterrupt:
+        raise RunError(f"interrupted at step {trainer.state.step}; a checkpoint was saved. Continue with: "
+                       f"tunelab train {run_dir} --resume") from None
+    trainer.load_best()
+    final_model = acc.unwrap_model(trainer.model)
+    after = _eval_splits(task, final_model, data, recipe)
+    summary = {
+        "run": str(run_dir), "task": recipe.task.type, "model": recipe.model.name, "strategy": recipe.strategy.method,
+        "data": {"rows": data.report.rows, "skipped": data.report.skipped, "truncated": data.report.truncated,
+                 "source": data.report.source},
+        "parameters": counts, "before": before, "after": after,
+        "best": {"metric": recipe.eval.metric, "value": state.best_metric, "step": state.best_step},
+        "steps": state.step, "epochs": state.epoch, "stopped_early": state.stopped_early,
+        "train_seconds": round(state.train_seconds, 2), "wall_seconds": round(time.time() - started, 2),
+        "examples_per_second": round(state.examples_seen / max(state.train_seconds, 1e-9), 2),
+        "peak_rss_bytes": peak_rss_bytes(), "weight_drift": weight_drift(before_weights, final_model,
+                                                                         strategy.depth_map(final_model)),
+        "processes": acc.num_processes,
+    }
+    if "label" in (data.splits["train"][0] if data.splits["train"] else {}):
+        labels = [f["label"] for f in data.splits["train"]]
+        summary["majority_baseline"] = {n: majority_baseline(labels, [f["label"] for f in data.splits[n]])
+                                        for n in ("validation", "test") if data.splits.get(n)}
+    if acc.is_main_process:
+        task.save(final_model, run_dir / "final", strategy)
+        write_json(run_dir / "summary.json", summary)
+        from tunelab.report import write_report
+
+        write_report(run_dir, summary, log.records)
+    acc.wait_for_everyone()
+    return run_dir
+
+
+def load(run_dir: str | Path) -> Any:
+    """A trained run's task with its final model, ready to ``predict``/``evaluate``."""
+    _quiet_libraries()
+    run_dir, recipe = existing_run(run_dir)
+    from tunelab.tasks import load_task
+
+    return load_task(run_dir / "final", recipe)
+
+
+def evaluate(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
+    """Metrics of a run's final model on one split, rebuilt exactly as training split the data."""
+    loaded = load(run_dir)
+    data = prepare_data(loaded.recipe, loaded)
+    if split not in data.splits:
+        raise RunError(f"split '{split}' does not exist; splits: {', '.join(data.splits)}")
+    return loaded.evaluate(loaded.model, data.splits[split], loaded.recipe.eval.batch_size)

@@ -1,0 +1,1 @@
+"""Data sources, built-in datasets, validation and splits."""

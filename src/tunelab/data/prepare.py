@@ -1,0 +1,122 @@
+"""From the recipe's data section to validated train/validation/test rows.
+
+Splits are deterministic for a seed and stratified by label when the task has labels, so every strategy compared
+on a task sees exactly the same examples. Bad rows stop the run (default) or are skipped and counted; the counts
+go into the run summary.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tunelab.data.builtin import load_builtin
+from tunelab.data.sources import Row, from_records, read_file
+from tunelab.errors import DataError
+from tunelab.recipe import DataConfig
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class DataReport:
+    """What happened to the rows: read, skipped (by reason), truncated, per split. Goes into summary.json."""
+
+    source: dict[str, int] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    truncated: int = 0
+
+    def add_skips(self, rejected: list[tuple[str, str]], cfg: DataConfig) -> None:
+        """Raise on the first bad rows (default) or count them by reason."""
+        if not rejected:
+            return
+        if cfg.on_bad_rows == "error":
+            shown = "\n".join(f"  - {where}: {problem}" for where, problem in rejected[:5])
+            more = f"\n  ... and {len(rejected) - 5} more" if len(rejected) > 5 else ""
+            raise DataError(
+                f"{len(rejected)} bad row(s):\n{shown}{more}\n"
+                "Fix the data, or set data.on_bad_rows: skip to drop such rows (they are counted in the run summary)."
+            )
+        for _, problem in rejected:
+            reason = re.sub(r"'[^']*'|\d+", "…", problem)
+            self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+def read_rows(cfg: DataConfig) -> tuple[dict[str, list[Row]], dict[str, int]]:
+    """Rows per given split (only 'train' unless the recipe or the built-in dataset names others)."""
+    if cfg.dataset:
+        loaded, report = load_builtin(cfg.dataset)
+        if isinstance(loaded, dict):
+            return {name: from_records(rows, f"{cfg.dataset}[{name}]") for name, rows in loaded.items()}, report
+        return {"train": from_records(loaded, cfg.dataset)}, report
+    found = {name: read_file(getattr(cfg, name)) for name in SPLITS if getattr(cfg, name)}
+    for name, rows in found.items():
+        if not rows:
+            raise DataError(f"{getattr(cfg, name)}: the {name} file has no rows")
+    return found, {}
+
+
+def validate(rows: list[Row], check: Callable[[Row], str | None], cfg: DataConfig, report: DataReport) -> list[Row]:
+    """Keep the rows the task accepts; the rest are an error or a counted skip."""
+    good, rejected = [], []
+    for row in rows:
+        problem = check(row)
+        if problem is None:
+            good.append(row)
+        else:
+            rejected.append((row.where(), problem))
+    report.add_skips(rejected, cfg)
+    return good
+
+
+def split_rows(
+    rows: list[Row], cfg: DataConfig, seed: int, stratify_key: Callable[[Row], str] | None, missing: list[str]
+) -> dict[str, list[Row]]:
+    """Carve the missing validation/test splits out of train, deterministically and stratified by label."""
+    shares = {name: getattr(cfg.split, name) for name in missing}
+    if sum(shares.values()) >= 1.0:
+        raise DataError(f"data.split: validation + test shares add up to {sum(shares.values())}; they must leave rows to train on")
+    groups: dict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        groups[stratify_key(row) if stratify_key and cfg.split.stratify else ""].append(row)
+    out: dict[str, list[Row]] = {name: [] for name in ("train", *missing)}
+    rng = random.Random(seed)
+    for key in sorted(groups):
+        members = groups[key][:]
+        rng.shuffle(members)
+        start = 0
+        for name in missing:
+            take = round(len(members) * shares[name])
+            out[name] += members[start : start + take]
+            start += take
+        out["train"] += members[start:]
+    for name, part in out.items():
+        rng.shuffle(part)
+        if not part and (name == "train" or shares.get(name, 0) > 0):
+            raise DataError(
+                f"the {name} split is empty ({len(rows)} usable rows, split shares {shares}); "
+                "give more data or change data.split"
+            )
+    return out
+
+
+def label_names(rows: list[Row], column: str, given: list[str] | None) -> list[str]:
+    """Label names in id order: as the recipe lists them, else sorted names seen in training."""
+    from tunelab.tasks.classification import label_name
+
+    seen = Counter(label_name(row.values.get(column)) for row in rows)
+    seen.pop(None, None)
+    if given:
+        if len(set(given)) != len(given):
+            raise DataError(f"data.labels has repeated names: {given}")
+        return list(given)
+    if len(seen) < 2:
+        raise DataError(
+            f"the training data has {len(seen)} distinct label(s) in column '{column}' ({list(seen)}); "
+            "classification needs at least 2"
+        )
+    return sorted(seen)

@@ -1,0 +1,14 @@
+"""Offline model catalog: named packaged models, local folders and hub ids, GGUF conversion."""
+
+from tunelab.models.catalog import CATALOG, list_models, load_pretrained, load_tokenizer, model_path
+from tunelab.models.gguf import cache_root, convert_gguf
+
+__all__ = [
+    "CATALOG",
+    "cache_root",
+    "convert_gguf",
+    "list_models",
+    "load_pretrained",
+    "load_tokenizer",
+    "model_path",
+]

@@ -1,0 +1,86 @@
+"""report.md and report.html: what a person reads after a run (the summary.json figures, explained)."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+from tunelab.evaluate.memory import format_bytes
+from tunelab.report.plots import loss_curve
+from tunelab.train.checkpoint import atomic_write_text
+
+_SHOWN = ("accuracy", "macro_f1", "loss", "perplexity", "bleu", "chrf", "rougeL", "exact_match")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "–" if value is None else str(value)
+
+
+def before_after_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """Rows of (split, metric, before, after) for every headline metric computed."""
+    rows = []
+    for split, after in summary.get("after", {}).items():
+        before = summary.get("before", {}).get(split, {})
+        for key in _SHOWN:
+            if key in after:
+                rows.append([split, key, _fmt(before.get(key)), _fmt(after[key])])
+    return rows
+
+
+def markdown(summary: dict[str, Any], plot: str) -> str:
+    """The report as Markdown."""
+    p = summary["parameters"]
+    lines = [
+        f"# Run {Path(summary['run']).name}",
+        "",
+        f"Model **{summary['model']}**, task **{summary['task']}**, strategy **{summary['strategy']}**.",
+        "",
+        "## Before and after training",
+        "",
+        "| split | metric | before | after |",
+        "|---|---|---|---|",
+        *["| " + " | ".join(r) + " |" for r in before_after_rows(summary)],
+    ]
+    if "majority_baseline" in summary:
+        lines += ["", "Majority-class baseline: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["majority_baseline"].items())]
+    drift = summary.get("weight_drift", {})
+    lines += [
+        "", "## Cost", "",
+        f"- Parameters: {p['total']:,} total, {p['trainable']:,} trainable ({p['trainable_share']:.2%}), {p['frozen']:,} frozen",
+        f"- Steps: {summary['steps']} ({summary['epochs']} epochs){' — stopped early' if summary['stopped_early'] else ''}",
+        f"- Training time: {summary['train_seconds']} s, {summary['examples_per_second']} examples/s; wall {summary['wall_seconds']} s",
+        f"- Peak resident memory of the process: {format_bytes(summary['peak_rss_bytes'])}",
+        f"- Weight drift ‖θ_after − θ_before‖ / ‖θ_after‖: {_fmt(drift.get('overall'))}",
+        "", "## Data", "",
+        f"- Rows per split: {summary['data']['rows']}",
+        f"- Skipped rows by reason: {summary['data']['skipped'] or 'none'}",
+        f"- Truncated inputs: {summary['data']['truncated']}",
+        f"- Source preparation: {summary['data']['source'] or 'none'}",
+        "", "## Curves", "", f"![loss]({plot})", "",
+    ]
+    return "\n".join(lines)
+
+
+def html_page(summary: dict[str, Any], plot: str) -> str:
+    """The same report as a standalone HTML page."""
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in before_after_rows(summary))
+    p = summary["parameters"]
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(Path(summary['run']).name)}</title>
+<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td,th{{border:1px solid #ccc;padding:4px 8px}}table{{border-collapse:collapse}}</style>
+</head><body><h1>Run {html.escape(Path(summary['run']).name)}</h1>
+<p>Model <b>{html.escape(summary['model'])}</b>, task <b>{summary['task']}</b>, strategy <b>{summary['strategy']}</b>.</p>
+<h2>Before and after</h2><table><tr><th>split</th><th>metric</th><th>before</th><th>after</th></tr>{rows}</table>
+<h2>Cost</h2><p>{p['total']:,} parameters, {p['trainable']:,} trainable ({p['trainable_share']:.2%}); {summary['steps']} steps in
+{summary['train_seconds']} s ({summary['examples_per_second']} examples/s); peak memory {format_bytes(summary['peak_rss_bytes'])}.</p>
+<h2>Curves</h2><img src="{plot}" alt="loss curves"></body></html>"""
+
+
+def write_report(run_dir: Path, summary: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    """Write plots/loss.png, report.md and report.html into the run folder."""
+    metric = summary.get("best", {}).get("metric", "accuracy")
+    loss_curve(records, metric, run_dir / "plots" / "loss.png")
+    atomic_write_text(run_dir / "report.md", markdown(summary, "plots/loss.png"))
+    atomic_write_text(run_dir / "report.html", html_page(summary, "plots/loss.png"))

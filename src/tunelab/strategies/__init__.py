@@ -1,0 +1,1 @@
+"""Strategies: which parameters train, and how (freeze, feature extraction, PEFT, gradual unfreezing)."""

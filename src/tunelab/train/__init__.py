@@ -1,0 +1,1 @@
+"""The training loop, optimiser groups, schedules and crash-safe checkpoints."""

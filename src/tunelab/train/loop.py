@@ -1,0 +1,267 @@
+"""The training loop: short, readable, on Hugging Face Accelerate (one CPU, several processes, GPUs alike).
+
+Three things it does that plain loops often get wrong:
+- accumulation equals a bigger batch: each micro-batch's *summed* loss is divided by the number of loss terms in
+  the whole global batch (all micro-batches, all processes), so the gradient is that of one big batch;
+- exact resume: batches come from a seeded permutation per epoch, and a checkpoint stores the position in it
+  together with model, optimiser, scheduler and RNG states, so a resumed run repeats the uninterrupted one;
+- every optimiser step is the same whatever the number of processes: a global batch is split across them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from tunelab.errors import RunError
+from tunelab.recipe import Recipe
+from tunelab.strategies.base import Strategy
+from tunelab.tasks.base import Feature, Task
+from tunelab.train import checkpoint as ckpt
+from tunelab.train.optim import make_optimizer, make_scheduler, param_groups
+from tunelab.train.progress import Progress
+
+
+@dataclass
+class LoopState:
+    """Where training stands; saved in every checkpoint as JSON."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+    examples_seen: int = 0
+    strategy: dict[str, Any] = field(default_factory=dict)
+
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[list[int]]:
+    """The global batches of one epoch: a seeded permutation, optionally grouped by length in mega-batches.
+
+    Grouping sorts each window of 50 batches by length, so batches hold similar lengths and padding is small,
+    while the order of batches stays random.
+    """
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(len(lengths), generator=gen).tolist()
+    if group_by_length:
+        window = batch_size * 50
+        order = [i for s in range(0, len(order), window) for i in sorted(order[s : s + window], key=lambda j: -lengths[j])]
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    if group_by_length:
+        shuffled = torch.randperm(len(batches), generator=gen).tolist()
+        batches = [batches[i] for i in shuffled]
+    return batches
+
+
+def total_steps(recipe: Recipe, batches_per_epoch: int) -> int:
+    """Optimiser steps for the run: max_steps if set, else epochs (may be fractional) times batches."""
+    return recipe.train.max_steps or max(1, math.ceil(recipe.train.epochs * batches_per_epoch))
+
+
+class Trainer:
+    """Owns one training run's model, optimiser and state; ``fit`` runs it, resuming if a checkpoint exists."""
+
+    def __init__(self, recipe: Recipe, task: Task, strategy: Strategy, model: torch.nn.Module,
+                 train: list[Feature], validation: list[Feature], run_dir: Path, accelerator: Accelerator) -> None:
+        self.recipe, self.task, self.strategy = recipe, task, strategy
+        self.train_features, self.val_features = train, validation
+        self.run_dir, self.acc = run_dir, accelerator
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.lengths = [len(f["input_ids"]) for f in train]
+        self.per_epoch = math.ceil(len(train) / recipe.train.batch_size)
+        self.total = total_steps(recipe, self.per_epoch)
+        self.candidates = strategy.trainable_candidates(model)
+        groups = param_groups(model, recipe, self.candidates, strategy.depth_map(model))
+        optimizer = make_optimizer(groups, recipe)
+        scheduler = make_scheduler(optimizer, recipe, self.total)
+        # the scheduler stays unprepared: accelerate would step it once per process, not once per optimiser step
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.scheduler = scheduler
+        self.state = LoopState()
+        self.stop_requested = False
+
+    # ---- checkpoints -------------------------------------------------------------------------------------------
+    def save(self) -> Path:
+        """Write a step checkpoint (main process only) and prune old ones, keeping the best."""
+        folder = self.ckpt_dir / f"step-{self.state.step:07d}"
+        if self.acc.is_main_process:
+            named = dict(self.acc.unwrap_model(self.model).named_parameters())
+            self.state.strategy = self.strategy.state()
+            ckpt.save_checkpoint(
+                folder,
+                {name: named[name] for name in self.candidates},
+                {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state()},
+                asdict(self.state),
+            )
+            best = {f"step-{self.state.best_step:07d}"} if self.state.best_step is not None else set()
+            ckpt.prune(self.ckpt_dir, self.recipe.train.keep_checkpoints, best)
+        self.acc.wait_for_everyone()
+        return folder
+
+    def restore(self, folder: Path) -> None:
+        """Load weights, optimiser, scheduler, RNG and loop position from a verified checkpoint."""
+        tensors, objects, state = ckpt.load_checkpoint(folder)
+        model = self.acc.unwrap_model(self.model)
+        missing = set(self.candidates) - set(tensors)
+        if missing:
+            raise RunError(f"{folder}: checkpoint lacks {len(missing)} trained parameters (e.g. {sorted(missing)[:3]}); "
+                           "was it written by a different recipe?")
+        model.load_state_dict(tensors, strict=False)
+        self.optimizer.load_state_dict(objects["optimizer"])
+        self.scheduler.load_state_dict(objects["scheduler"])
+        ckpt.set_rng_state(objects["rng"])
+        self.state = LoopState(**state)
+        self.strategy.load_state(self.state.strategy, model)
+
+    def load_best(self) -> None:
+        """Put the best checkpoint's weights back (the final model is the best one, not the last)."""
+        if self.state.best_step is None or self.state.best_step == self.state.step:
+            return
+        tensors, _, _ = ckpt.load_checkpoint(self.ckpt_dir / f"step-{self.state.best_step:07d}")
+        self.acc.unwrap_model(self.model).load_state_dict(tensors, strict=False)
+
+    # ---- one optimiser step ------------------------------------------------------------------------------------
+    def step(self, batch_ids: list[int]) -> float:
+        """Forward/backward over the global batch in micro-batches, then one optimiser step; returns mean loss."""
+        features = [self.train_features[i] for i in batch_ids]
+        count = self.task.count(features)
+        world, rank = self.acc.num_processes, self.acc.process_index
+        micro = self.recipe.train.grad_accum
+        size = math.ceil(len(features) / micro)
+        chunks = [features[s : s + size] for s in range(0, len(features), size)]
+        total = torch.zeros(())
+        for k, chunk in enumerate(chunks):
+            mine = chunk[rank::world]
+            scale = world / count
+            if not mine:  # keep collective ops in step: a zero-weighted forward on someone else's example
+                mine, scale = chunk[:1], 0.0
+            batch = {key: value.to(self.acc.device) for key, value in self.task.collate(mine).items()}
+            sync = contextlib.nullcontext() if k == len(chunks) - 1 else self.acc.no_sync(self.model)
+            with sync:
+                loss = self.task.loss_sum(self.model, batch)
+                self.acc.backward(loss * scale)
+            total += loss.detach().float().cpu() * (scale > 0)
+        if self.recipe.train.max_grad_norm:
+            self.acc.clip_grad_norm_(self.model.parameters(), self.recipe.train.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        total = self.acc.reduce(total.to(self.acc.device), reduction="sum").cpu() if world > 1 else total
+        return float(total) / count
+
+    # ---- evaluation and stopping -------------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, Any]:
+        metrics = self.task.evaluate(self.acc.unwrap_model(self.model), self.val_features, self.recipe.eval.batch_size)
+        self.strategy.set_train_mode(self.model)
+        return metrics
+
+    def improved(self, value: float) -> bool:
+        """Track the best value of the chosen metric; counts evaluations without improvement."""
+        best = self.state.best_metric
+        delta = self.recipe.train.early_stopping.min_delta if self.recipe.train.early_stopping else 0.0
+        better = best is None or (value > best + delta if self.recipe.eval.mode == "max" else value < best - delta)
+        if better:
+            self.state.best_metric, self.state.best_step, self.state.bad_evals = value, self.state.step, 0
+        else:
+            self.state.bad_evals += 1
+        return better
+
+    # ---- the run -----------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _ctrl_c_finishes_step(self):  # noqa: ANN202
+        """First Ctrl-C: finish the step in hand, checkpoint, stop. A second one interrupts at once."""
+        def request_stop(signum: int, frame: Any) -> None:
+            self.stop_requested = True
+            signal.signal(signal.SIGINT, previous)
+
+        previous = signal.getsignal(signal.SIGINT)
+        try:
+            signal.signal(signal.SIGINT, request_stop)
+        except ValueError:  # not the main thread: leave Ctrl-C as it is
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def fit(self, log: Any) -> LoopState:
+        """Train to the budget or until early stopping; ``log(record)`` receives every metrics record.
+
+        Raises KeyboardInterrupt after saving a checkpoint when Ctrl-C was pressed.
+        """
+        t, name = self.recipe.train, self.recipe.eval.metric
+        self.strategy.set_train_mode(self.model)
+        progress = Progress(self.total, self.state.step, enabled=self.acc.is_main_process)
+        with progress, self._ctrl_c_finishes_step():
+            while self.state.step < self.total and not self.state.stopped_early:
+                batches = epoch_batches(self.lengths, t.batch_size, self.recipe.seed, self.state.epoch, t.group_by_length)
+                while self.state.batch_in_epoch < len(batches) and self.state.step < self.total:
+                    ids = batches[self.state.batch_in_epoch]
+                    started = time.perf_counter()
+                    loss = self.step(ids)
+                    self.state.train_seconds += time.perf_counter() - started
+                    self.state.step += 1
+                    self.state.batch_in_epoch += 1
+                    self.state.examples_seen += len(ids)
+                    lr = self.scheduler.get_last_lr()[0]
+                    progress.update(self.state.step, loss, lr, self.state.examples_seen / max(self.state.train_seconds, 1e-9))
+                    if not math.isfinite(loss):
+                        raise RunError(self._nan_message(loss))
+                    if self.state.step % t.log_every == 0:
+                        log({"step": self.state.step, "epoch": self._epoch_float(), "train_loss": loss, "lr": lr})
+                    end_of_epoch = self.state.batch_in_epoch == len(batches)
+                    if end_of_epoch:
+                        self.state.epoch += 1
+                        self.state.batch_in_epoch = 0
+                    if self.strategy.on_step_end(self.state.step, self.state.epoch, end_of_epoch, self.acc.unwrap_model(self.model)):
+                        self.strategy.set_train_mode(self.model)
+                    due = (t.eval_every and self.state.step % t.eval_every == 0) or end_of_epoch or self.state.step == self.total
+                    if due:
+                        self._eval_and_checkpoint(log, name)
+                        if self.state.stopped_early:
+                            break
+                    if self.stop_requested:
+                        if not due:
+                            self.save()
+                        raise KeyboardInterrupt
+        return self.state
+
+    def _eval_and_checkpoint(self, log: Any, name: str) -> None:
+        metrics = self.evaluate()
+        if name not in metrics:
+            raise RunError(f"eval.metric '{name}' is not computed by this task; available: {', '.join(sorted(metrics))}")
+        self.improved(float(metrics[name]))
+        stop = self.recipe.train.early_stopping
+        if stop and self.state.bad_evals >= stop.patience:
+            self.state.stopped_early = True
+        record = {"step": self.state.step, "epoch": self._epoch_float(), "split": "validation"}
+        log(record | {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        self.save()
+
+    def _epoch_float(self) -> float:
+        return round(self.state.epoch + self.state.batch_in_epoch / self.per_epoch, 4)
+
+    def _nan_message(self, loss: float) -> str:
+        last = ckpt.complete_checkpoints(self.ckpt_dir)
+        where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
+        return (f"the training loss became {loss} at step {self.state.step} (epoch {self.state.epoch}, "
+                f"batch {self.state.batch_in_epoch - 1} of it); {where}. Lower train.lr or check the data.")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator tunelab or torch uses, so runs repeat exactly."""
+    random.seed(seed)
+    torch.manual_seed(seed)

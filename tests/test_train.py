@@ -1,0 +1,124 @@
+"""The training loop's promises: accumulation equals a bigger batch, exact resume, two processes equal one,
+and final/ reloads in plain transformers with identical logits."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import make_recipe
+from tunelab import api
+from tunelab.errors import RunError
+from tunelab.train.loop import Trainer
+
+
+@pytest.fixture(scope="module")
+def nodrop_bert_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Path:
+    """The tiny BERT without dropout: equivalence tests need the same function however the batch is split."""
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig.from_pretrained(tiny_bert_dir)
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+    folder = tmp_path_factory.mktemp("tiny-bert-nodrop")
+    model = BertModel.from_pretrained(tiny_bert_dir, config=config)
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (tiny_bert_dir / name).exists():
+            (folder / name).write_bytes((tiny_bert_dir / name).read_bytes())
+    return folder
+
+
+def step_weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "checkpoints" / f"step-{step:07d}" / "model.safetensors")
+
+
+def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float) -> None:
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= atol, f"largest difference {worst} > {atol}"
+
+
+def test_accumulation_equals_bigger_batch(tmp_path: Path, nodrop_bert_dir: Path, toy_csv: Path) -> None:
+    one = api.train(make_recipe(tmp_path, nodrop_bert_dir, toy_csv), name="one")
+    four = api.train(make_recipe(tmp_path, nodrop_bert_dir, toy_csv, train={"grad_accum": 4}), name="four")
+    assert_close(step_weights(one, 6), step_weights(four, 6), atol=2e-6)
+    # and the weights really moved, so the comparison means something
+    start = load_file(nodrop_bert_dir / "model.safetensors")
+    assert (step_weights(one, 6)["bert.encoder.layer.0.output.dense.weight"]
+            - start["encoder.layer.0.output.dense.weight"]).abs().max() > 1e-4
+
+
+def test_resume_after_ctrl_c_equals_uninterrupted(tmp_path: Path, tiny_bert_dir: Path, toy_csv: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = make_recipe(tmp_path, tiny_bert_dir, toy_csv, train={"max_steps": 8, "eval_every": 2})
+    whole = api.train(recipe, name="whole")
+
+    original = Trainer.step
+
+    def step_then_ctrl_c(self: Trainer, ids: list[int]) -> float:
+        loss = original(self, ids)
+        if self.state.step == 4:  # the 5th step is in hand: Ctrl-C now
+            signal.raise_signal(signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(Trainer, "step", step_then_ctrl_c)
+    with pytest.raises(RunError, match="interrupted at step 5"):
+        api.train(recipe, name="cut")
+    monkeypatch.setattr(Trainer, "step", original)
+    cut = tmp_path / "runs" / "cut"
+    assert (cut / "checkpoints" / "step-0000005" / "manifest.json").is_file()
+    api.train(cut, resume=True)
+    assert_close(step_weights(whole, 8), step_weights(cut, 8), atol=0.0)
+    losses = lambda run: [r["train_loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "train_loss" in r]  # noqa: E731
+    assert losses(whole) == losses(cut)
+
+
+def test_final_folder_reloads_in_plain_transformers(tmp_path: Path, tiny_bert_dir: Path, toy_csv: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    run = api.train(make_recipe(tmp_path, tiny_bert_dir, toy_csv), name="reload")
+    texts = ["a great and charming film", "dull, boring and flat"]
+    loaded = api.load(run)
+    ours = loaded.predict(loaded.model, texts)
+    plain = AutoModelForSequenceClassification.from_pretrained(run / "final").eval()
+    tokenizer = AutoTokenizer.from_pretrained(run / "final")
+    with torch.no_grad():
+        logits = plain(**tokenizer(texts, return_tensors="pt", padding=True)).logits
+    assert [plain.config.id2label[i] for i in logits.argmax(-1).tolist()] == [r["label"] for r in ours]
+    probs = torch.tensor([[r["scores"][n] for n in loaded.label_names] for r in ours])
+    assert torch.allclose(probs, logits.softmax(-1), atol=1e-6)
+    assert set(plain.config.id2label.values()) == {"neg", "pos"}
+
+
+def test_existing_run_folder_is_never_overwritten(tmp_path: Path, tiny_bert_dir: Path, toy_csv: Path) -> None:
+    recipe = make_recipe(tmp_path, tiny_bert_dir, toy_csv, train={"max_steps": 1})
+    api.train(recipe, name="keep")
+    marker = tmp_path / "runs" / "keep" / "summary.json"
+    before = marker.read_bytes()
+    with pytest.raises(RunError, match="already exists"):
+        api.train(recipe, name="keep")
+    assert marker.read_bytes() == before
+
+
+def test_two_processes_equal_one(tmp_path: Path, nodrop_bert_dir: Path, toy_csv: Path) -> None:
+    """accelerate launch --multi_gpu --num_processes 2 (torchrun + gloo on CPU) with the same global batch: same weights."""
+    recipe = make_recipe(tmp_path, nodrop_bert_dir, toy_csv, train={"max_steps": 4, "eval_every": 4})
+    single = api.train(recipe, name="single")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+               "-m", "tunelab", "train", str(recipe), "--name", "double"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    double = tmp_path / "runs" / "double"
+    assert json.loads((double / "summary.json").read_text())["processes"] == 2
+    # stated tolerance: float sums in a different order (all-reduce), nothing more
+    assert_close(step_weights(single, 4), step_weights(double, 4), atol=1e-5)
