@@ -42,6 +42,7 @@ class LoopState:
     best_step: int | None = None
     bad_evals: int = 0
     stopped_early: bool = False
+    out_of_time: bool = False
     train_seconds: float = 0.0
     examples_seen: int = 0
     strategy: dict[str, Any] = field(default_factory=dict)
@@ -206,8 +207,8 @@ class Trainer:
         self.strategy.set_train_mode(self.model)
         progress = Progress(self.total, self.state.step, enabled=self.acc.is_main_process)
         with progress, self._ctrl_c_finishes_step():
-            while self.state.step < self.total and not self.state.stopped_early:
-                batches = epoch_batches(self.lengths, t.batch_size, self.recipe.seed, self.state.epoch, t.group_by_length)
+            while self.state.step < self.total and not (self.state.stopped_early or self.state.out_of_time):
+                batches = epoch_batches(self.lengths, t.batch_size, self.recipe.train_seed, self.state.epoch, t.group_by_length)
                 while self.state.batch_in_epoch < len(batches) and self.state.step < self.total:
                     ids = batches[self.state.batch_in_epoch]
                     started = time.perf_counter()
@@ -228,10 +229,12 @@ class Trainer:
                         self.state.batch_in_epoch = 0
                     if self.strategy.on_step_end(self.state.step, self.state.epoch, end_of_epoch, self.acc.unwrap_model(self.model)):
                         self.strategy.set_train_mode(self.model)
+                    self.state.out_of_time = self._out_of_time()
                     due = (t.eval_every and self.state.step % t.eval_every == 0) or end_of_epoch or self.state.step == self.total
+                    due = due or self.state.out_of_time
                     if due:
                         self._eval_and_checkpoint(log, name)
-                        if self.state.stopped_early:
+                        if self.state.stopped_early or self.state.out_of_time:
                             break
                     if self.stop_requested:
                         if not due:
@@ -250,6 +253,14 @@ class Trainer:
         record = {"step": self.state.step, "epoch": self._epoch_float(), "split": "validation"}
         log(record | {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         self.save()
+
+    def _out_of_time(self) -> bool:
+        """Whether train.max_seconds is spent; processes agree (any one over stops all) so none waits forever."""
+        limit = self.recipe.train.max_seconds
+        if not limit:
+            return False
+        over = torch.tensor(float(self.state.train_seconds >= limit), device=self.acc.device)
+        return bool(self.acc.reduce(over, reduction="sum") > 0) if self.acc.num_processes > 1 else bool(over)
 
     def _epoch_float(self) -> float:
         return round(self.state.epoch + self.state.batch_in_epoch / self.per_epoch, 4)

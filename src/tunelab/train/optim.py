@@ -53,8 +53,14 @@ def _is_new(name: str, new: set[str]) -> bool:
 
 
 def make_optimizer(groups: list[dict], recipe: Recipe) -> torch.optim.AdamW:
-    """AdamW over the groups (the 'names' key is ours; torch keeps extra keys and ignores them)."""
-    return torch.optim.AdamW(groups, betas=recipe.optim.betas, eps=recipe.optim.eps)
+    """AdamW over the groups (the 'names' key is ours; torch keeps extra keys and ignores them).
+
+    The fused kernel is the same update in one pass over memory: about 10x faster than the default on CPU,
+    which is a fifth of a full fine-tuning step of a small encoder. It needs float parameters on one device type.
+    """
+    params = [p for g in groups for p in g["params"]]
+    fused = bool(params) and all(p.is_floating_point() for p in params) and len({p.device.type for p in params}) == 1
+    return torch.optim.AdamW(groups, betas=recipe.optim.betas, eps=recipe.optim.eps, fused=fused or None)
 
 
 def lr_lambda(recipe: Recipe, total_steps: int) -> Callable[[int], float]:
