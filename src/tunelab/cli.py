@@ -15,7 +15,7 @@ from tunelab.errors import TunelabError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="tunelab: fine-tune pretrained models with every strategy, and see honestly which one wins.")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes get full module names
 
 Overrides = Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe key: --set train.lr=3e-5 (repeatable).")]
 
@@ -130,7 +130,7 @@ def inspect(
     model: Annotated[str, typer.Argument(help="Catalog model name, local folder, hub id, or a run folder.")],
     set_: Overrides = None,
     strategy: Annotated[Optional[str], typer.Option(help="Strategy method to apply first, e.g. freeze, lora.")] = None,
-    depth: Annotated[int, typer.Option(help="Module depth of the table rows.")] = 3,
+    depth: Annotated[int, typer.Option(help="Name parts shown for modules outside the transformer blocks.")] = 3,
     batch_size: Annotated[int, typer.Option(help="Batch size for the memory estimate.")] = 32,
     seq_len: Annotated[int, typer.Option(help="Sequence length for the memory estimate.")] = 128,
 ) -> None:
@@ -151,6 +151,26 @@ def inspect(
 
 
 @app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="A run folder.")],
+    merge: Annotated[bool, typer.Option(help="Merge the adapter (LoRA, DoRA, IA3) into the base weights.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Folder to write (default: RUN/merged).")] = None,
+) -> None:
+    """Write a run's model as one plain Hugging Face folder that transformers loads without peft or tunelab.
+
+    Example: tunelab export runs/lora --merge
+    """
+    if not merge:
+        console.print("[bold red]error:[/] final/ already holds the model in its ecosystem format; "
+                      "pass --merge to write a merged plain Hugging Face folder")
+        raise typer.Exit(2)
+    from tunelab.strategies.saving import export_merged
+
+    folder = _run(export_merged, run, out)
+    console.print(f"merged model: {folder}")
+
+
+@app.command()
 def models() -> None:
     """List the named models that work offline here."""
     from tunelab.models import list_models
@@ -166,3 +186,7 @@ def models() -> None:
 def main() -> None:
     """Entry point for ``python -m tunelab``."""
     app(sys.argv[1:])
+
+
+from tunelab import cli_compare  # noqa: E402, F401  (registers `tunelab compare`)
+from tunelab import cli_generate  # noqa: E402, F401  (registers `tunelab generate` and `tunelab chat`)

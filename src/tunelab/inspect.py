@@ -6,6 +6,7 @@ the course's "247M total, 222M frozen, 24M trainable" example, followed by a mem
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,22 @@ from tunelab.recipe import Recipe, parse_recipe
 
 
 def module_table(model: nn.Module, depth: int) -> list[tuple[str, int, int]]:
-    """(module path, total, trainable) per module prefix of ``depth`` name parts, in model order."""
+    """(row name, total, trainable) in model order: one row per transformer block, else per module path.
+
+    Blocks get a row each whatever their depth in the name (bert.encoder.layer.3, model.layers.12), so freezing
+    choices read directly; other parameters are grouped by their module path cut to ``depth`` parts.
+    """
+    from tunelab.errors import ModelError
+    from tunelab.strategies.layers import ordered_blocks
+
+    try:
+        blocks = [name for name, _ in ordered_blocks(model)]
+    except ModelError:
+        blocks = []
     rows: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for name, param in model.named_parameters():
-        key = ".".join(name.split(".")[:depth])
+        block = next((b for b in blocks if name.startswith(b + ".")), None)
+        key = block or ".".join(name.rsplit(".", 1)[0].split(".")[:depth])
         rows[key][0] += param.numel()
         rows[key][1] += param.numel() if param.requires_grad else 0
     return [(key, total, trainable) for key, (total, trainable) in rows.items()]
@@ -33,8 +46,11 @@ def recipe_for(model_or_run: str, strategy: str | None, overrides: list[str]) ->
     if (Path(model_or_run) / "recipe.yaml").is_file():
         from tunelab.runfolder import existing_run
 
-        _, recipe = existing_run(model_or_run)
+        run_dir, recipe = existing_run(model_or_run)
         raw = recipe.model_dump(mode="json")
+        info = run_dir / "final" / "tunelab.json"
+        if info.is_file() and "labels" in (saved := json.loads(info.read_text(encoding="utf-8"))):
+            raw["data"]["labels"] = saved["labels"]  # the head's size, as trained
     else:
         from tunelab.models import CATALOG
 
@@ -58,7 +74,7 @@ def inspect_model(model_or_run: str, console: Console, *, strategy: str | None =
     _quiet_libraries()
     recipe = recipe_for(model_or_run, strategy, overrides or [])
     task = build_task(recipe, load_tokenizer(recipe.model.name, recipe.model.trust_remote_code))
-    model = make_strategy(recipe.strategy).apply(task.build_model())
+    model = make_strategy(recipe.strategy, recipe.task.type).apply(task.build_model())
     table = Table(title=f"{recipe.model.name} — strategy {recipe.strategy.method}")
     for column in ("module", "total", "trainable", "frozen", "state"):
         table.add_column(column, justify="right" if column in ("total", "trainable", "frozen") else "left")
