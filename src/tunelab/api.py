@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
@@ -16,15 +18,17 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from tunelab.data.prepare import DataReport, read_rows, split_rows, validate
+from tunelab.data.prepare import DataReport, read_rows, require_rows, split_rows, validate
 from tunelab.errors import RunError
 from tunelab.evaluate.drift import snapshot, weight_drift
-from tunelab.evaluate.memory import peak_rss_bytes
+from tunelab.evaluate.memory import RssSampler, peak_rss_bytes
 from tunelab.evaluate.metrics import majority_baseline
 from tunelab.recipe import Recipe, load_recipe
-from tunelab.runfolder import MetricsLog, existing_run, new_run_dir, write_json
+from tunelab.runfolder import (MetricsLog, check_not_finished, checkpoint_bytes, existing_run, new_run_dir,
+                               require_free_space, write_json)
 from tunelab.strategies.base import make_strategy
 from tunelab.tasks import build_task
+from tunelab.tasks.generation import side_by_side
 from tunelab.train.checkpoint import complete_checkpoints
 from tunelab.train.loop import Trainer, seed_everything
 
@@ -69,8 +73,17 @@ def prepare_data(recipe: Recipe, task: Any) -> PreparedData:
         report.add_skips(prepared.rejected, recipe.data)
         report.truncated += prepared.truncated
         splits[name] = prepared.features
-        report.rows[name] = len(prepared.features)
+        if name != "train" and recipe.eval.max_examples:  # the same first N every time: bounded evaluation cost
+            splits[name] = splits[name][: recipe.eval.max_examples]
+        report.rows[name] = len(splits[name])
+    require_rows(splits, report)
     return PreparedData(splits, report)
+
+
+def split_fingerprints(splits: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
+    """A short SHA-256 of each split's features in order: equal fingerprints show two runs saw the very same data."""
+    return {name: hashlib.sha256(json.dumps(features, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            for name, features in splits.items()}
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, Any]:
@@ -82,8 +95,12 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, Any]:
 
 
 def _eval_splits(task: Any, model: torch.nn.Module, data: PreparedData, recipe: Recipe) -> dict[str, Any]:
-    return {name: task.evaluate(model, data.splits[name], recipe.eval.batch_size)
-            for name in ("validation", "test") if data.splits.get(name)}
+    results = {name: task.evaluate(model, data.splits[name], recipe.eval.batch_size)
+               for name in ("validation", "test") if data.splits.get(name)}
+    if hasattr(task, "generate_and_score"):  # generation tasks also generate, on the test split (else validation)
+        split = "test" if data.splits.get("test") else "validation"
+        results[split] |= task.generate_and_score(model, data.splits[split], recipe.eval.batch_size)
+    return results
 
 
 def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bool = False, resume: bool = False,
@@ -107,6 +124,8 @@ def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bo
         run_dir, recipe = existing_run(Path(recipe.output.dir) / name)
     if not resume and name and not overwrite and (Path(recipe.output.dir) / name).exists():
         new_run_dir(recipe, name, overwrite)  # raises the 'already exists' error before any work
+    if resume:
+        check_not_finished(run_dir)
     seed_everything(recipe.seed)
     started = time.time()
 
@@ -115,15 +134,18 @@ def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bo
     tokenizer = load_tokenizer(recipe.model.name, recipe.model.trust_remote_code)
     task = build_task(recipe, tokenizer)
     data = prepare_data(recipe, task)
-    seed_everything(recipe.seed)
+    seed_everything(recipe.train_seed)
     model = task.build_model()
-    strategy = make_strategy(recipe.strategy)
+    strategy = make_strategy(recipe.strategy, recipe.task.type)
     model = strategy.apply(model)
     counts = parameter_counts(model)
+    require_free_space(run_dir or Path(recipe.output.dir),
+                       checkpoint_bytes(counts["trainable"], counts["total"], recipe.train.keep_checkpoints))
     if run_dir is None:  # created only now that data and model are known to be good
         made = [str(new_run_dir(recipe, name, overwrite)) if acc.is_main_process else ""]
         run_dir = Path(broadcast_object_list(made)[0]) if acc.num_processes > 1 else Path(made[0])
-    before_weights = snapshot(model)
+    fixed = {n for n, _ in model.named_parameters()} - set(strategy.trainable_candidates(model))
+    before_weights = snapshot(model, fixed)  # frozen weights as digests: a copy would double the memory
     before = _eval_splits(task, model, data, recipe) if recipe.eval.before else {}
 
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=acc.is_main_process)
@@ -132,37 +154,49 @@ def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bo
     if found:
         trainer.restore(found[-1])
         log.truncate_after(trainer.state.step)
+    elif resume:  # killed before its first checkpoint: start over in the same folder, forgetting the partial log
+        log.truncate_after(0)
     try:
-        state = trainer.fit(log)
+        fit_started = time.perf_counter()
+        with RssSampler() as rss:
+            state = trainer.fit(log)
+        fit_seconds = time.perf_counter() - fit_started
     except KeyboardInterrupt:
         raise RunError(f"interrupted at step {trainer.state.step}; a checkpoint was saved. Continue with: "
                        f"tunelab train {run_dir} --resume") from None
     trainer.load_best()
     final_model = acc.unwrap_model(trainer.model)
     after = _eval_splits(task, final_model, data, recipe)
+    samples = side_by_side(before, after)  # generated text side by side: input, reference, before, after
     summary = {
         "run": str(run_dir), "task": recipe.task.type, "model": recipe.model.name, "strategy": recipe.strategy.method,
         "data": {"rows": data.report.rows, "skipped": data.report.skipped, "truncated": data.report.truncated,
-                 "source": data.report.source},
+                 "source": data.report.source, "fingerprint": split_fingerprints(data.splits)},
         "parameters": counts, "before": before, "after": after,
         "best": {"metric": recipe.eval.metric, "value": state.best_metric, "step": state.best_step},
-        "steps": state.step, "epochs": state.epoch, "stopped_early": state.stopped_early,
+        "steps": state.step, "epochs": state.epoch, "stopped_early": state.stopped_early, "out_of_time": state.out_of_time,
+        "skipped_steps": state.skipped_steps,
         "train_seconds": round(state.train_seconds, 2), "wall_seconds": round(time.time() - started, 2),
         "examples_per_second": round(state.examples_seen / max(state.train_seconds, 1e-9), 2),
         "peak_rss_bytes": peak_rss_bytes(), "weight_drift": weight_drift(before_weights, final_model,
                                                                          strategy.depth_map(final_model)),
-        "processes": acc.num_processes,
+        "processes": acc.num_processes, "fit_seconds": round(fit_seconds, 2), "speedups": trainer.speedups,
+        "rss_before_train_bytes": rss.baseline_bytes, "train_peak_rss_bytes": rss.peak_bytes,
     }
+    if samples:
+        summary["samples"] = samples
+    if torch.cuda.is_available():  # on a GPU the memory that matters is the accelerator's, not the host's
+        summary["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
     if "label" in (data.splits["train"][0] if data.splits["train"] else {}):
         labels = [f["label"] for f in data.splits["train"]]
         summary["majority_baseline"] = {n: majority_baseline(labels, [f["label"] for f in data.splits[n]])
                                         for n in ("validation", "test") if data.splits.get(n)}
     if acc.is_main_process:
         task.save(final_model, run_dir / "final", strategy)
-        write_json(run_dir / "summary.json", summary)
         from tunelab.report import write_report
 
         write_report(run_dir, summary, log.records)
+        write_json(run_dir / "summary.json", summary)  # last: its presence marks the run finished
     acc.wait_for_everyone()
     return run_dir
 
@@ -182,4 +216,7 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
     data = prepare_data(loaded.recipe, loaded)
     if split not in data.splits:
         raise RunError(f"split '{split}' does not exist; splits: {', '.join(data.splits)}")
-    return loaded.evaluate(loaded.model, data.splits[split], loaded.recipe.eval.batch_size)
+    metrics = loaded.evaluate(loaded.model, data.splits[split], loaded.recipe.eval.batch_size)
+    if hasattr(loaded, "generate_and_score"):  # generation tasks: BLEU, chrF, ROUGE-L and outputs as well
+        metrics |= loaded.generate_and_score(loaded.model, data.splits[split], loaded.recipe.eval.batch_size)
+    return metrics

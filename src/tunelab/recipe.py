@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,6 +42,17 @@ class TaskConfig(Strict):
     max_length: int = Field(128, gt=0, description="Longest input in tokens.")
     truncation: bool = Field(False, description="Truncate over-long inputs (counted); if false they are an error.")
     head: HeadConfig = Field(default_factory=HeadConfig)
+    # generation tasks (causal_lm, seq2seq)
+    prompt_template: str | None = Field(None, description="Build the prompt (causal_lm) or source (seq2seq) from the "
+                                        "row's columns, e.g. 'Translate English to Spanish: {source}'.")
+    system_prompt: str | None = Field(None, description="causal_lm chat: a system message put before every prompt "
+                                      "(rows with their own system message keep it).")
+    chat_template: bool = Field(True, description="causal_lm: render with the tokenizer's chat template when it has one.")
+    loss_on: Literal["answer", "all"] = Field("answer", description="causal_lm: train on answer tokens only (prompt "
+                                              "tokens masked with -100), or on every token.")
+    packing: bool = Field(False, description="causal_lm: pack a micro-batch's examples into shared rows, each one "
+                          "attending only to itself (needs a model whose mask follows position ids).")
+    max_target_length: int | None = Field(None, gt=0, description="seq2seq: longest target in tokens (default max_length).")
 
 
 class SplitConfig(Strict):
@@ -84,6 +96,10 @@ class TrainConfig(Strict):
     lr: float = Field(5e-5, gt=0, description="Peak learning rate (AdamW) of the backbone.")
     epochs: float = Field(3, gt=0)
     max_steps: int | None = Field(None, gt=0, description="Optimiser steps; overrides epochs when set.")
+    max_seconds: float | None = Field(None, gt=0, description="Wall-clock budget of training (evaluation excluded): "
+                                      "stop at the first step boundary past it.")
+    seed: int | None = Field(None, description="Seed of head init, dropout and batch order (default: the recipe seed, "
+                             "which also fixes the data split); vary it to repeat a run on the same split.")
     batch_size: int = Field(32, gt=0, description="Examples per optimiser step (global, all processes).")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per step; batch_size must divide by it.")
     schedule: Literal["linear", "cosine", "step", "constant"] = "linear"
@@ -92,11 +108,19 @@ class TrainConfig(Strict):
     step_size: int = Field(100, gt=0, description="Steps between decays for schedule=step.")
     gamma: float = Field(0.5, gt=0, le=1, description="Decay factor for schedule=step.")
     max_grad_norm: float | None = Field(1.0, gt=0)
+    on_nan: Literal["stop", "skip"] = Field("stop", description="A NaN/inf loss or gradient: stop the run (naming step, "
+                                            "batch and last good checkpoint), or skip that optimiser step (counted).")
     eval_every: int | None = Field(None, gt=0, description="Evaluate every N steps (always at epoch ends).")
     early_stopping: EarlyStopping | None = None
     keep_checkpoints: int = Field(2, ge=1, description="Newest step checkpoints kept (the best is always kept).")
     group_by_length: bool = Field(True, description="Batch similar lengths together to waste less on padding.")
     log_every: int = Field(10, gt=0)
+    compile: bool = Field(False, description="torch.compile the model in place. Off by default: on a 2-core CPU it "
+                          "took minutes to compile and gained nothing (bench/README.md); try it on a GPU.")
+    threads: int | None = Field(None, gt=0, description="CPU threads per process (default: the physical cores "
+                                "shared out among the processes on this machine).")
+    release_memory: bool = Field(True, description="Linux/glibc: return freed tensors of 1 MiB or more to the OS at "
+                                 "once (lower peak memory; a page fault per large allocation).")
 
     @model_validator(mode="after")
     def _divisible(self) -> TrainConfig:
@@ -110,10 +134,30 @@ class EvalConfig(Strict):
     mode: Literal["max", "min"] = "max"
     before: bool = Field(True, description="Evaluate the untouched model first.")
     batch_size: int = Field(64, gt=0)
+    max_examples: int | None = Field(None, gt=0, description="Use at most the first N examples of each held-out split "
+                                     "(validation, test): the same ones every time, to bound evaluation time.")
+
+
+class GenerateConfig(Strict):
+    """How generation tasks generate: in before/after evaluation, ``tunelab generate`` and ``tunelab chat``."""
+
+    max_new_tokens: int = Field(64, gt=0)
+    num_beams: int = Field(1, ge=1, description="Beam search when > 1.")
+    do_sample: bool = Field(False, description="Sample instead of greedy/beam decoding.")
+    temperature: float = Field(1.0, gt=0, description="Sampling only.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Sampling only: nucleus mass.")
+    top_k: int = Field(50, ge=0, description="Sampling only: 0 = no top-k filter.")
+    repetition_penalty: float = Field(1.0, gt=0)
+    samples: int = Field(5, ge=0, description="Held-out examples shown side by side (before/after) in the report.")
 
 
 class OutputConfig(Strict):
     dir: str = Field("runs", description="Parent folder of run folders.")
+
+
+# The columns each task reads; data.columns maps these roles to the names in the user's file.
+COLUMN_ROLES = {"classification": ["text", "label"], "causal_lm": ["prompt", "completion", "messages"],
+                "seq2seq": ["source", "target"]}
 
 
 class Recipe(Strict):
@@ -126,7 +170,33 @@ class Recipe(Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _generation_defaults(self) -> Recipe:
+        """Generation tasks have no accuracy: unless the recipe says otherwise, the best checkpoint has the lowest loss."""
+        if self.task.type != "classification" and "metric" not in self.eval.model_fields_set:
+            self.eval.metric, self.eval.mode = "loss", "min"
+        if self.task.packing and self.task.type != "causal_lm":
+            raise ValueError("task.packing applies to causal_lm only")
+        return self
+
+    @model_validator(mode="after")
+    def _known_column_roles(self) -> Recipe:
+        """data.columns is a free mapping, so a misspelt role ({txt: review}) would otherwise be silently ignored."""
+        roles = COLUMN_ROLES.get(self.task.type)
+        for role in sorted(set(self.data.columns) - set(roles or self.data.columns)):
+            close = difflib.get_close_matches(role, roles, n=1)
+            hint = f" Did you mean 'data.columns.{close[0]}'?" if close else ""
+            raise ValueError(f"unknown key 'data.columns.{role}' for task.type {self.task.type}.{hint} "
+                             f"Its roles are: {', '.join(roles)}")
+        return self
+
+    @property
+    def train_seed(self) -> int:
+        """The seed of training randomness; the data split always follows ``seed`` so repeats share one split."""
+        return self.seed if self.train.seed is None else self.train.seed
 
 
 def _fields_at(loc: tuple, model: type[BaseModel] = Recipe) -> list[str]:
@@ -151,13 +221,15 @@ def _format_errors(err: ValidationError, source: str) -> str:
             loc = [loc[0], *loc[2:]] if len(loc) > 2 else loc
         path = ".".join(loc) or "(top level)"
         if e["type"] == "extra_forbidden":
-            parent, key = loc[:-1], loc[-1]
+            key = str(e["loc"][-1])  # the user's key, even one holding '[' (which the filter above drops)
+            parent = loc[:-1] if loc[-1:] == [key] else loc
+            path = ".".join([*parent, key])
             known = _strategy_fields(e) if parent == ["strategy"] else _fields_at(tuple(parent))
             hint = _did_you_mean(key, known, parent)
             lines.append(f"  - unknown key '{path}'.{hint} Valid keys here: {', '.join(sorted(known))}.")
         else:
             value = e.get("input")
-            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            shown = "" if isinstance(value, dict) else f" (got {reprlib.repr(value)})"  # reprlib: huge values stay short
             choices = _choices(e)
             given = str((e.get("ctx") or {}).get("tag", value))
             close = difflib.get_close_matches(given, choices, n=1) if choices else []
@@ -203,13 +275,18 @@ def set_override(raw: dict, assignment: str) -> None:
         raise RecipeError(f"--set '{assignment}': expected KEY=VALUE, e.g. --set train.lr=3e-5")
     key, value = assignment.split("=", 1)
     parts = key.strip().split(".")
+    if not all(parts):
+        raise RecipeError(f"--set '{assignment}': '{key}' is not a key path; write it like train.lr")
     node = raw
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             raise RecipeError(f"--set '{assignment}': '{part}' is a value, not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(value)
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise RecipeError(f"--set '{assignment}': the value is not valid YAML ({getattr(err, 'problem', None) or err}); quote it") from None
 
 
 def _yaml_float(value: Any) -> Any:
@@ -226,10 +303,27 @@ def _yaml_float(value: Any) -> Any:
     return value
 
 
+def _check_shape(raw: Any, source: str, max_nodes: int = 10_000, max_depth: int = 20) -> None:
+    """Refuse what no recipe looks like before walking it: YAML alias bombs (a few lines that expand to millions
+    of values), self-referencing anchors and absurd nesting would otherwise hang or crash the checks below."""
+    stack, seen = [(raw, 1)], 0
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if depth > max_depth or seen > max_nodes:
+            raise RecipeError(f"{source}: the recipe is too large or too deeply nested (YAML anchors/aliases?); "
+                              f"a recipe holds at most {max_nodes} values, {max_depth} levels deep")
+        if isinstance(value, dict):
+            stack += [(v, depth + 1) for v in value.values()]
+        elif isinstance(value, list):
+            stack += [(v, depth + 1) for v in value]
+
+
 def parse_recipe(raw: dict, source: str = "<recipe>", overrides: list[str] | None = None) -> Recipe:
     """Validate a raw mapping (plus overrides) into a Recipe, or raise RecipeError naming every bad key."""
     if not isinstance(raw, dict):
         raise RecipeError(f"{source}: a recipe must be a YAML mapping of sections (model, data, ...), got {type(raw).__name__}")
+    _check_shape(raw, source)
     raw = _yaml_float(raw)
     for assignment in overrides or []:
         set_override(raw, assignment)
@@ -248,6 +342,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise RecipeError(f"{path}: not valid YAML: {err}") from None
+    except RecursionError:
+        raise RecipeError(f"{path}: YAML nested too deeply to read; a recipe is a few sections of keys") from None
     return parse_recipe(raw if raw is not None else {}, str(path), overrides)
 
 

@@ -25,32 +25,64 @@ from tunelab.train.checkpoint import append_line, atomic_write_text
 
 
 def new_run_dir(recipe: Recipe, name: str | None, overwrite: bool) -> Path:
-    """Create the run folder; an existing one is never replaced unless ``overwrite`` is given."""
+    """Create the run folder; an existing one is never replaced unless ``overwrite`` is given.
+
+    The folder is filled as a hidden temporary one and renamed into place, so a kill can never leave a run
+    folder without its recipe.yaml (which no command could then resume or replace without --overwrite).
+    """
     name = name or f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(recipe.output.dir) / name
-    if run_dir.exists():
-        if not overwrite:
-            raise RunError(
-                f"{run_dir} already exists; pass --resume to continue it, --overwrite to replace it, or --name for a new one"
-            )
-        shutil.rmtree(run_dir)
+    if run_dir.exists() and not overwrite:
+        raise RunError(
+            f"{run_dir} already exists; pass --resume to continue it, --overwrite to replace it, or --name for a new one"
+        )
+    require_free_space(run_dir, MIN_FREE_BYTES)
+    tmp = run_dir.with_name(f".{run_dir.name}.new")
     try:
-        run_dir.mkdir(parents=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        atomic_write_text(tmp / "recipe.yaml", dump_recipe(recipe))
+        if run_dir.exists():
+            old = run_dir.with_name(f".{run_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(run_dir, old)
+            shutil.rmtree(old)
+        os.replace(tmp, run_dir)
     except OSError as err:
-        raise RunError(f"cannot write the run folder {run_dir}: {err.strerror}; choose output.dir elsewhere") from None
-    free = shutil.disk_usage(run_dir).free
-    if free < 512 * 2**20:
-        raise RunError(f"only {free // 2**20} MiB free on the disk of {run_dir}; checkpoints need more. Free space first.")
-    atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+        raise RunError(f"cannot write the run folder {run_dir}: {err.strerror or err}; choose output.dir elsewhere") from None
     return run_dir
+
+
+MIN_FREE_BYTES = 512 * 2**20
+
+
+def checkpoint_bytes(trainable: int, total: int, keep: int) -> int:
+    """Disk a run will need: each checkpoint holds trainable weights and two AdamW moments (fp32), ``keep`` of them
+    plus the best and one being written, and final/ holds the whole model."""
+    return 4 * (3 * trainable * (keep + 2) + total)
+
+
+def require_free_space(folder: Path, needed: int) -> None:
+    """Fail before training, not at the first checkpoint, when the disk cannot hold what the run will write."""
+    existing = next((p for p in (folder.absolute(), *folder.absolute().parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        raise RunError(f"only {free // 2**20} MiB free on the disk of {folder}; this run needs about {needed // 2**20} MiB "
+                       "for checkpoints and the final model. Free space, lower train.keep_checkpoints, or change output.dir.")
+
+
+def check_not_finished(run_dir: Path) -> None:
+    """A finished run (summary.json is written last) has nothing to resume; say so instead of training again."""
+    if (run_dir / "summary.json").is_file():
+        raise RunError(f"{run_dir} has already finished (its summary.json is written); nothing to resume. "
+                       f"Its model is in {run_dir / 'final'}; use --overwrite or a new --name to train again.")
 
 
 def existing_run(run_dir: str | Path) -> tuple[Path, Recipe]:
     """A run folder and its resolved recipe, or a clear error if it is not one."""
     run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise RunError(f"{run_dir}: no such run folder; runs are under output.dir (default runs/)")
     if not (run_dir / "recipe.yaml").is_file():
         raise RunError(f"{run_dir} is not a tunelab run folder (no recipe.yaml); runs are under output.dir (default runs/)")
     return run_dir, load_recipe(run_dir / "recipe.yaml")
@@ -63,7 +95,7 @@ class MetricsLog:
         self.path, self.enabled = path, enabled
         self.records: list[dict[str, Any]] = []
         if path.is_file():
-            self.records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            self.records = _read_records(path)
 
     def truncate_after(self, step: int) -> None:
         """On resume, forget records written after the checkpoint we continue from (they will be redone)."""
@@ -74,7 +106,25 @@ class MetricsLog:
     def __call__(self, record: dict[str, Any]) -> None:
         self.records.append(record)
         if self.enabled:
-            append_line(self.path, record)
+            try:
+                append_line(self.path, record)
+            except OSError as err:
+                raise RunError(f"cannot append to {self.path} ({err.strerror or err}); the checkpoints are intact. "
+                               "Free disk space, then resume the run with --resume.") from None
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl as records; a torn last line (a kill in mid-write) is dropped, damage elsewhere is an error."""
+    lines = path.read_text(encoding="utf-8", errors="replace").rstrip().splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number == len(lines):
+                break
+            raise RunError(f"{path}, line {number}: not a JSON record; the metrics log is damaged") from None
+    return records
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -70,7 +70,23 @@ def validate(rows: list[Row], check: Callable[[Row], str | None], cfg: DataConfi
         else:
             rejected.append((row.where(), problem))
     report.add_skips(rejected, cfg)
+    if rows and not good:
+        raise DataError(f"{rows[0].source}: all {len(rows)} rows were skipped ({_reasons(rejected)}); "
+                        f"nothing is left to use. Fix the data or data.columns (columns found: {', '.join(map(str, rows[0].values))}).")
     return good
+
+
+def require_rows(splits: dict[str, list], report: DataReport) -> None:
+    """No split may end up empty after featurizing (e.g. every validation text over task.max_length)."""
+    for name, features in splits.items():
+        if not features:
+            skipped = f"; rows skipped so far: {report.skipped}" if report.skipped else ""
+            raise DataError(f"the {name} split has no usable rows{skipped}. Fix the data, the task limits or data.split.")
+
+
+def _reasons(rejected: list[tuple[str, str]]) -> str:
+    counts = Counter(problem for _, problem in rejected)
+    return "; ".join(f"{n} x {problem}" for problem, n in counts.most_common(3))
 
 
 def split_rows(
@@ -78,6 +94,9 @@ def split_rows(
 ) -> dict[str, list[Row]]:
     """Carve the missing validation/test splits out of train, deterministically and stratified by label."""
     shares = {name: getattr(cfg.split, name) for name in missing}
+    if shares.get("validation") == 0:
+        raise DataError("data.split.validation is 0 and there is no data.validation file; training needs validation "
+                        "rows to choose the best checkpoint. Give a share (e.g. 0.1) or a file.")
     if sum(shares.values()) >= 1.0:
         raise DataError(f"data.split: validation + test shares add up to {sum(shares.values())}; they must leave rows to train on")
     groups: dict[str, list[Row]] = defaultdict(list)
@@ -101,7 +120,7 @@ def split_rows(
                 f"the {name} split is empty ({len(rows)} usable rows, split shares {shares}); "
                 "give more data or change data.split"
             )
-    return out
+    return {name: part for name, part in out.items() if part}  # a share of 0 asks for no split at all
 
 
 def label_names(rows: list[Row], column: str, given: list[str] | None) -> list[str]:

@@ -5,8 +5,10 @@ Every row keeps the line number it came from, so a bad row can be reported as ``
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,14 +38,44 @@ def read_file(path: str | Path) -> list[Row]:
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
         raise DataError(f"{path}: unknown file type '{path.suffix}'; use one of {', '.join(sorted(FORMATS))}")
+    if kind == "parquet":
+        return _read_parquet(path)
+    _check_encoding(path)
     try:
         if kind == "jsonl":
             return _read_jsonl(path)
-        if kind == "parquet":
-            return _read_parquet(path)
         return _read_delimited(path, "\t" if kind == "tsv" else ",")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); re-save the file as UTF-8") from None
+    except UnicodeDecodeError:
+        raise DataError(_not_utf8(path)) from None
+
+
+# UTF-32 LE starts with the UTF-16 LE mark, so it is tested first.
+_BOMS = [(codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+         (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")]
+
+
+def _check_encoding(path: Path) -> None:
+    """Stop UTF-16/32 and binary files up front: UTF-16 text without a byte-order mark decodes as 'valid' UTF-8
+    full of NUL characters, which would otherwise become column names and texts no one typed."""
+    with path.open("rb") as handle:
+        head = handle.read(4096)
+    for bom, name in _BOMS:
+        if head.startswith(bom):
+            raise DataError(f"{path}: the file is {name} encoded; re-save it as UTF-8")
+    if b"\x00" in head:
+        raise DataError(f"{path}: contains NUL bytes, so it is binary or UTF-16/32 text, not UTF-8; re-save it as UTF-8")
+
+
+def _not_utf8(path: Path) -> str:
+    """Name the first line that is not UTF-8 (the decoder's own offset is relative to a buffer, not the file)."""
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return (f"{path}, line {line_no}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                        "the file may be Latin-1 or Windows-1252: re-save it as UTF-8")
+    return f"{path}: not UTF-8 text; re-save it as UTF-8"
 
 
 def _read_delimited(path: Path, delimiter: str) -> list[Row]:
@@ -69,6 +101,8 @@ def _read_delimited(path: Path, delimiter: str) -> list[Row]:
                         f"{path}, line {line}: {len(record)} fields where the header has {len(header)}; "
                         "quote fields that contain the delimiter"
                     )
+                if any("\x00" in value for value in record):
+                    raise DataError(f"{path}, line {line}: contains a NUL character; the file is damaged or not text")
                 rows.append(Row(dict(zip(header, record)), str(path), line))
         except csv.Error as err:
             raise DataError(f"{path}, line {reader.line_num}: {err}") from None
@@ -81,14 +115,42 @@ def _read_jsonl(path: Path) -> list[Row]:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
+            where = f"{path}, line {line_no}"
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DataError(f"{path}, line {line_no}: not valid JSON ({err.msg}); each line must be one JSON object") from None
+                raise DataError(f"{where}: not valid JSON ({err.msg}); each line must be one JSON object") from None
+            except RecursionError:
+                raise DataError(f"{where}: JSON nested too deeply to read; each line must be one flat JSON object") from None
+            except ValueError as err:  # e.g. an integer of more than 4300 digits
+                raise DataError(f"{where}: unreadable JSON value ({err})") from None
             if not isinstance(value, dict):
-                raise DataError(f"{path}, line {line_no}: expected a JSON object, got {type(value).__name__}")
+                raise DataError(f"{where}: expected a JSON object, got {type(value).__name__} "
+                                "(a .json/.jsonl file must hold one JSON object per line)")
+            if _SURROGATE_ESCAPE.search(line) and _has_lone_surrogate(value):
+                raise DataError(f"{where}: a \\uD800-\\uDFFF escape without its pair; that is not valid Unicode text")
             rows.append(Row(value, str(path), line_no))
     return rows
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """JSON may escape half a surrogate pair; such a string cannot be encoded, and tokenizers fail deep inside on it."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            stack += item
+    return False
 
 
 def _read_parquet(path: Path) -> list[Row]:
@@ -97,9 +159,12 @@ def _read_parquet(path: Path) -> list[Row]:
 
     try:
         table = pq.read_table(path)
-    except (ArrowException, OSError) as err:
+        records = table.to_pylist()
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: a text column holds bytes that are not UTF-8; re-write the file with valid strings") from None
+    except (ArrowException, OSError, ValueError, OverflowError) as err:
         raise DataError(f"{path}: not a readable Parquet file ({err})") from None
-    return [Row(values, str(path), index + 1) for index, values in enumerate(table.to_pylist())]
+    return [Row(values, str(path), index + 1) for index, values in enumerate(records)]
 
 
 def from_records(records: list[dict[str, Any]] | Any, source: str) -> list[Row]:

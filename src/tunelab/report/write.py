@@ -30,6 +30,18 @@ def before_after_rows(summary: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def signatures(summary: dict[str, Any]) -> list[str]:
+    """The sacreBLEU signatures of the BLEU and chrF figures: what makes them comparable with other papers' numbers."""
+    found = {value for split in summary.get("after", {}).values() for key, value in split.items() if key.endswith("_signature")}
+    return sorted(found)
+
+
+def sample_rows(summary: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Generated samples per split as (split, [(field, text)]) with fields input, reference, before, after."""
+    return [(split, [(field, str(sample.get(field) or "–")) for field in ("input", "reference", "before", "after")])
+            for split, samples in summary.get("samples", {}).items() for sample in samples]
+
+
 def markdown(summary: dict[str, Any], plot: str) -> str:
     """The report as Markdown."""
     p = summary["parameters"]
@@ -46,6 +58,8 @@ def markdown(summary: dict[str, Any], plot: str) -> str:
     ]
     if "majority_baseline" in summary:
         lines += ["", "Majority-class baseline: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["majority_baseline"].items())]
+    if signatures(summary):
+        lines += ["", "sacreBLEU signatures: " + "; ".join(f"`{sig}`" for sig in signatures(summary))]
     drift = summary.get("weight_drift", {})
     lines += [
         "", "## Cost", "",
@@ -61,6 +75,11 @@ def markdown(summary: dict[str, Any], plot: str) -> str:
         f"- Source preparation: {summary['data']['source'] or 'none'}",
         "", "## Curves", "", f"![loss]({plot})", "",
     ]
+    if sample_rows(summary):
+        lines += ["## Samples (held-out, before and after training)", ""]
+        for number, (split, fields) in enumerate(sample_rows(summary), start=1):
+            lines += [f"**{split} sample {number}**", ""]
+            lines += [f"- *{field}*: {text}".replace("\n", " ⏎ ") for field, text in fields] + [""]
     return "\n".join(lines)
 
 
@@ -75,7 +94,18 @@ def html_page(summary: dict[str, Any], plot: str) -> str:
 <h2>Before and after</h2><table><tr><th>split</th><th>metric</th><th>before</th><th>after</th></tr>{rows}</table>
 <h2>Cost</h2><p>{p['total']:,} parameters, {p['trainable']:,} trainable ({p['trainable_share']:.2%}); {summary['steps']} steps in
 {summary['train_seconds']} s ({summary['examples_per_second']} examples/s); peak memory {format_bytes(summary['peak_rss_bytes'])}.</p>
-<h2>Curves</h2><img src="{plot}" alt="loss curves"></body></html>"""
+<h2>Curves</h2><img src="{plot}" alt="loss curves">{_html_samples(summary)}</body></html>"""
+
+
+def _html_samples(summary: dict[str, Any]) -> str:
+    """Signatures and a table per generated sample (input, reference, before, after), escaped."""
+    out = "".join(f"<p><code>{html.escape(sig)}</code></p>" for sig in signatures(summary))
+    if sample_rows(summary):
+        out += "<h2>Samples (held-out, before and after training)</h2>"
+    for split, fields in sample_rows(summary):
+        cells = "".join(f"<tr><th>{field}</th><td>{html.escape(text)}</td></tr>" for field, text in fields)
+        out += f"<table><caption>{html.escape(split)}</caption>{cells}</table><br>"
+    return out
 
 
 def write_report(run_dir: Path, summary: dict[str, Any], records: list[dict[str, Any]]) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from tunelab.errors import ModelError
+from tunelab.errors import ModelError, RecipeError
 from tunelab.strategies import layers
 
 
@@ -27,13 +27,35 @@ def set_trainable(model: nn.Module, names: set[str]) -> None:
         param.requires_grad_(name in names)
 
 
+def head_modules(model: nn.Module) -> list[str]:
+    """The outermost modules made only of new parameters (``classifier``, not ``classifier.0``).
+
+    PEFT saves these whole (``modules_to_save``) and feature extraction keeps them in train mode, so the head's own
+    dropout layers, which hold no parameters, count as part of it.
+    """
+    new = new_params(model)
+    heads: set[str] = set()
+    for name in new:
+        parts = name.split(".")[:-1]
+        top = None
+        for end in range(len(parts), 0, -1):
+            prefix = ".".join(parts[:end])
+            if not all(n in new for n, _ in model.get_submodule(prefix).named_parameters(prefix=prefix)):
+                break
+            top = prefix
+        if top is not None:
+            heads.add(top)
+    return sorted(heads)
+
+
 class Strategy:
     """Base: full fine-tuning. Subclasses override ``apply`` and, where needed, the hooks below."""
 
     name = "full"
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Any, task_type: str = "classification") -> None:
         self.cfg = cfg
+        self.task_type = task_type
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Freeze or wrap the model; returns the model to train (may be a wrapper)."""
@@ -81,8 +103,7 @@ class Freeze(Strategy):
         all_names = [name for name, _ in model.named_parameters()]
         head = new_params(model)
         if self.cfg.train_only is not None:
-            keep = set(layers.match_params(model, self.cfg.train_only)) | head
-            set_trainable(model, keep)
+            set_trainable(model, set(_match_train_only(model, self.cfg.train_only)) | head)
             return model
         frozen: set[str] = set()
         c = self.cfg
@@ -94,8 +115,38 @@ class Freeze(Strategy):
             frozen |= {name for name in all_names if depth.get(name) == 0}
         if c.patterns:
             frozen |= set(layers.match_params(model, c.patterns))
+        if not set(all_names) - (frozen - head):
+            raise RecipeError(
+                f"strategy freeze: this selection freezes every parameter of {type(model).__name__} (blocks "
+                f"{layers.describe_blocks(model)}, embeddings, no new head), so nothing would train"
+            )
         set_trainable(model, set(all_names) - (frozen - head))
         return model
+
+    def set_train_mode(self, model: nn.Module) -> None:
+        """With ``cache_boundary`` the frozen stem and bottom blocks run in eval mode (no dropout), cached or not."""
+        model.train()
+        if getattr(self.cfg, "cache_boundary", False):
+            from tunelab.train.feature_cache import frozen_prefix
+
+            for module in frozen_prefix(model):
+                module.eval()
+
+
+def _match_train_only(model: nn.Module, patterns: list[str]) -> list[str]:
+    """``match_params``, explaining the usual surprise: a tied output layer has no parameter name of its own."""
+    try:
+        return layers.match_params(model, patterns)
+    except RecipeError as err:
+        outputs = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        inputs = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        if outputs is not None and inputs is not None and outputs.weight is inputs.weight:
+            raise RecipeError(
+                f"{err}. Note: {type(model).__name__} ties its output layer to its input embeddings (one tensor, "
+                "named once, as the embedding), so the output layer cannot train apart from them; checkpoints that "
+                "save their own output layer (FLAN-T5, T5 v1.1) load untied"
+            ) from None
+        raise
 
 
 class FeatureExtraction(Strategy):
@@ -106,13 +157,17 @@ class FeatureExtraction(Strategy):
     def apply(self, model: nn.Module) -> nn.Module:
         head = new_params(model)
         if not head:
-            raise ModelError("feature_extraction needs a new head to train, but this task added no new parameters")
+            raise RecipeError(
+                f"strategy feature_extraction trains only a new head, but this task put none on "
+                f"{type(model).__name__}; to train only the output layer of a language model use "
+                "strategy: {method: freeze, train_only: ['lm_head.*']}"
+            )
         set_trainable(model, head)
         return model
 
     def set_train_mode(self, model: nn.Module) -> None:
         model.eval()
-        for name in {n.rsplit(".", 1)[0] for n in new_params(model)}:
+        for name in head_modules(model):
             model.get_submodule(name).train()
 
 
@@ -124,36 +179,45 @@ class BitFit(Strategy):
     def apply(self, model: nn.Module) -> nn.Module:
         names = {name for name, _ in model.named_parameters() if name.endswith(".bias")}
         if not names:
-            raise ModelError(f"{type(model).__name__} has no bias parameters, so bitfit would train nothing but the head")
+            raise RecipeError(f"strategy bitfit: {type(model).__name__} has no bias parameters, so bitfit would train "
+                              "nothing but the head; choose lora or ia3 for this architecture")
         set_trainable(model, names | new_params(model))
         return model
 
 
 class GradualUnfreeze(Strategy):
-    """ULMFiT: start with the head, unfreeze one more block from the top every epoch (or every N steps)."""
+    """ULMFiT: start with the head, unfreeze one more block from the top every epoch (or every N steps).
+
+    Depths come from ``layers.depth_map``: 0 embeddings, 1..N blocks, N+1 what sits above them (pooler, final norm,
+    output layer). Stage 0 trains depth N+1 and the new head; stage k adds depth N+1-k; the last stage is N (every
+    block) or, with ``embeddings: true``, N+1 (the embeddings too).
+    """
 
     name = "gradual_unfreeze"
 
-    def __init__(self, cfg: Any) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: Any, task_type: str = "classification") -> None:
+        super().__init__(cfg, task_type)
         self.stage = 0
 
     def apply(self, model: nn.Module) -> nn.Module:
         self.depth = layers.depth_map(model)
         self.top = max(self.depth.values())
+        self.last_stage = self.top if self.cfg.embeddings else self.top - 1
         self._unfreeze_to(model, self.stage)
         return model
 
     def trainable_candidates(self, model: nn.Module) -> list[str]:
-        return [name for name, _ in model.named_parameters()]
+        lowest = self.top - self.last_stage
+        head = new_params(model)
+        return [name for name, _ in model.named_parameters() if self.depth[name] >= lowest or name in head]
 
     def _unfreeze_to(self, model: nn.Module, stage: int) -> None:
-        lowest = self.top - stage if (stage < self.top or self.cfg.embeddings) else 1
+        lowest = self.top - stage
         set_trainable(model, {n for n, d in self.depth.items() if d >= lowest} | new_params(model))
 
     def on_step_end(self, step: int, epoch: int, end_of_epoch: bool, model: nn.Module) -> bool:
         due = step % self.cfg.every_steps == 0 if self.cfg.every_steps else end_of_epoch
-        if not due or self.stage >= self.top:
+        if not due or self.stage >= self.last_stage:
             return False
         self.stage += 1
         self._unfreeze_to(model, self.stage)
@@ -176,12 +240,13 @@ REGISTRY: dict[str, type[Strategy]] = {
 }
 
 
-def make_strategy(cfg: Any) -> Strategy:
-    """The strategy object for a validated ``strategy`` section."""
-    if cfg.method not in REGISTRY:
-        from tunelab.strategies.peft_methods import PEFT_METHODS, PeftStrategy
+def make_strategy(cfg: Any, task_type: str = "classification") -> Strategy:
+    """The strategy object for a validated ``strategy`` section; PEFT needs the task type (SEQ_CLS, CAUSAL_LM, ...)."""
+    from tunelab.strategies.adapters import Adapters
+    from tunelab.strategies.peft_methods import PEFT_METHODS, PeftStrategy
 
-        if cfg.method in PEFT_METHODS:
-            return PeftStrategy(cfg)
-        raise ModelError(f"strategy.method '{cfg.method}' is not implemented yet; available: {', '.join(REGISTRY)}")
-    return REGISTRY[cfg.method](cfg)
+    registry: dict[str, type[Strategy]] = {**REGISTRY, "adapters": Adapters}
+    registry |= dict.fromkeys(PEFT_METHODS, PeftStrategy)
+    if cfg.method not in registry:
+        raise ModelError(f"strategy.method '{cfg.method}' is not implemented; available: {', '.join(registry)}")
+    return registry[cfg.method](cfg, task_type)

@@ -11,12 +11,20 @@ from tunelab.recipe import Recipe
 
 
 def build_task(recipe: Recipe, tokenizer: Any) -> Any:
-    """The task object for a recipe (classification now; causal_lm and seq2seq join it)."""
+    """The task object for a recipe: classification, causal_lm or seq2seq."""
     if recipe.task.type == "classification":
         from tunelab.tasks.classification import ClassificationTask
 
         return ClassificationTask(recipe, tokenizer)
-    raise RunError(f"task.type '{recipe.task.type}' is not implemented yet; available: classification")
+    if recipe.task.type == "causal_lm":
+        from tunelab.tasks.causal_lm import CausalLMTask
+
+        return CausalLMTask(recipe, tokenizer)
+    if recipe.task.type == "seq2seq":
+        from tunelab.tasks.seq2seq import Seq2SeqTask
+
+        return Seq2SeqTask(recipe, tokenizer)
+    raise RunError(f"task.type '{recipe.task.type}' is not implemented; available: classification, causal_lm, seq2seq")
 
 
 def load_task(final_dir: Path, recipe: Recipe) -> Any:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.data.sources import Row
+from tunelab.errors import ModelError
 from tunelab.evaluate.metrics import classification_metrics
 from tunelab.recipe import Recipe
 from tunelab.runfolder import publish_dir, write_json
@@ -105,10 +106,13 @@ class ClassificationTask:
             output_loading_info=True,
         )
         head = self.recipe.task.head
+        replaced = None
         if head.hidden:
-            replace_head(model, head.hidden, head.activation, head.dropout, len(self.label_names))
+            replaced = replace_head(model, head.hidden, head.activation, head.dropout, len(self.label_names))
+        missing = {key.rsplit(".", 1)[0] for key in info["missing_keys"]}
         model.tunelab_new_params = sorted(  # parameters the pretrained checkpoint did not have: the new head
-            name for name, _ in model.named_parameters() if name.rsplit(".", 1)[0] in _new_modules(info, model)
+            name for name, _ in model.named_parameters()
+            if name.rsplit(".", 1)[0] in missing or (replaced and name.startswith(replaced + "."))
         )
         return model
 
@@ -191,20 +195,21 @@ def pad_batch(features: list[Feature], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def replace_head(model: nn.Module, hidden: list[int], activation: str, dropout: float, num_labels: int) -> None:
-    """Swap the single linear classifier for a small MLP (the course's 'add new layers')."""
-    old = model.classifier
-    width = old.in_features
+def replace_head(model: nn.Module, hidden: list[int], activation: str, dropout: float, num_labels: int) -> str:
+    """Swap the single linear classifier for a small MLP (the course's 'add new layers'); returns the head's name.
+
+    The head is the model's linear ``classifier`` (BERT-like) or ``score`` (decoder models); the MLP is
+    Linear-activation-dropout per hidden size, then the output Linear.
+    """
+    name = next((n for n in ("classifier", "score") if isinstance(getattr(model, n, None), nn.Linear)), None)
+    if name is None:
+        raise ModelError(f"task.head.hidden: {type(model).__name__} has no single linear classification head "
+                         "(classifier or score) to replace with an MLP; remove task.head.hidden for this model")
+    width = getattr(model, name).in_features
     layers: list[nn.Module] = []
     for size in hidden:
         layers += [nn.Linear(width, size), _ACTIVATIONS[activation](), nn.Dropout(dropout)]
         width = size
     layers.append(nn.Linear(width, num_labels))
-    model.classifier = nn.Sequential(*layers)
-
-
-def _new_modules(info: dict, model: nn.Module) -> set[str]:
-    modules = {key.rsplit(".", 1)[0] for key in info["missing_keys"]}
-    if isinstance(getattr(model, "classifier", None), nn.Sequential):
-        modules |= {f"classifier.{i}" for i in range(len(model.classifier))}
-    return modules
+    setattr(model, name, nn.Sequential(*layers))
+    return name

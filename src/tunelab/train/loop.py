@@ -27,6 +27,7 @@ from tunelab.recipe import Recipe
 from tunelab.strategies.base import Strategy
 from tunelab.tasks.base import Feature, Task
 from tunelab.train import checkpoint as ckpt
+from tunelab.train import feature_cache, speed
 from tunelab.train.optim import make_optimizer, make_scheduler, param_groups
 from tunelab.train.progress import Progress
 
@@ -43,6 +44,7 @@ class LoopState:
     bad_evals: int = 0
     stopped_early: bool = False
     out_of_time: bool = False
+    skipped_steps: int = 0
     train_seconds: float = 0.0
     examples_seen: int = 0
     strategy: dict[str, Any] = field(default_factory=dict)
@@ -92,6 +94,8 @@ class Trainer:
         self.scheduler = scheduler
         self.state = LoopState()
         self.stop_requested = False
+        self.cache: feature_cache.Cache | None = None  # built in fit(): its time is training time
+        self.speedups = speed.configure(recipe, accelerator.unwrap_model(self.model))  # what each did, for the summary
 
     # ---- checkpoints -------------------------------------------------------------------------------------------
     def save(self) -> Path:
@@ -150,21 +154,29 @@ class Trainer:
                 mine, scale = chunk[:1], 0.0
             batch = {key: value.to(self.acc.device) for key, value in self.task.collate(mine).items()}
             sync = contextlib.nullcontext() if k == len(chunks) - 1 else self.acc.no_sync(self.model)
-            with sync:
-                loss = self.task.loss_sum(self.model, batch)
+            with sync, self._forward() as model:
+                loss = self.task.loss_sum(model, batch)
                 self.acc.backward(loss * scale)
             total += loss.detach().float().cpu() * (scale > 0)
-        if self.recipe.train.max_grad_norm:
-            self.acc.clip_grad_norm_(self.model.parameters(), self.recipe.train.max_grad_norm)
-        self.optimizer.step()
+        total = self.acc.reduce(total.to(self.acc.device), reduction="sum").cpu() if world > 1 else total
+        loss = float(total) / count
+        norm = (self.acc.clip_grad_norm_(self.model.parameters(), self.recipe.train.max_grad_norm)
+                if self.recipe.train.max_grad_norm else None)
+        fault = _non_finite(loss, norm)  # from all-reduced values, so every process takes the same branch
+        if fault and self.recipe.train.on_nan == "stop":
+            raise RunError(self._nan_message(fault))
+        if fault:
+            self.state.skipped_steps += 1
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        total = self.acc.reduce(total.to(self.acc.device), reduction="sum").cpu() if world > 1 else total
-        return float(total) / count
+        return loss
 
     # ---- evaluation and stopping -------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
-        metrics = self.task.evaluate(self.acc.unwrap_model(self.model), self.val_features, self.recipe.eval.batch_size)
+        with self._forward() as model:
+            metrics = self.task.evaluate(self.acc.unwrap_model(model), self.val_features, self.recipe.eval.batch_size)
         self.strategy.set_train_mode(self.model)
         return metrics
 
@@ -205,6 +217,7 @@ class Trainer:
         """
         t, name = self.recipe.train, self.recipe.eval.metric
         self.strategy.set_train_mode(self.model)
+        self._build_cache()
         progress = Progress(self.total, self.state.step, enabled=self.acc.is_main_process)
         with progress, self._ctrl_c_finishes_step():
             while self.state.step < self.total and not (self.state.stopped_early or self.state.out_of_time):
@@ -219,8 +232,6 @@ class Trainer:
                     self.state.examples_seen += len(ids)
                     lr = self.scheduler.get_last_lr()[0]
                     progress.update(self.state.step, loss, lr, self.state.examples_seen / max(self.state.train_seconds, 1e-9))
-                    if not math.isfinite(loss):
-                        raise RunError(self._nan_message(loss))
                     if self.state.step % t.log_every == 0:
                         log({"step": self.state.step, "epoch": self._epoch_float(), "train_loss": loss, "lr": lr})
                     end_of_epoch = self.state.batch_in_epoch == len(batches)
@@ -262,14 +273,39 @@ class Trainer:
         over = torch.tensor(float(self.state.train_seconds >= limit), device=self.acc.device)
         return bool(self.acc.reduce(over, reduction="sum") > 0) if self.acc.num_processes > 1 else bool(over)
 
+    def _build_cache(self) -> None:
+        """Run the frozen part of the model once if the strategy asks for it (see feature_cache); timed as training."""
+        started = time.perf_counter()
+        self.cache, note = feature_cache.prepare(
+            self.strategy, self.acc.unwrap_model(self.model), [self.train_features, self.val_features],
+            self.task.collate, self.recipe.eval.batch_size, self.acc.device, self.acc.num_processes)
+        self.strategy.set_train_mode(self.model)
+        if note:
+            self.speedups[f"{feature_cache.cache_kind(self.strategy)}_cache"] = note
+        self.state.train_seconds += time.perf_counter() - started
+
+    def _forward(self) -> contextlib.AbstractContextManager[torch.nn.Module]:
+        """The module forward passes go through: the model, or the model served by the frozen-part cache."""
+        return self.cache.active(self.model) if self.cache else contextlib.nullcontext(self.model)
+
     def _epoch_float(self) -> float:
         return round(self.state.epoch + self.state.batch_in_epoch / self.per_epoch, 4)
 
-    def _nan_message(self, loss: float) -> str:
+    def _nan_message(self, fault: str) -> str:
+        """Name the step in hand (not yet counted), its batch, and the checkpoint to go back to."""
         last = ckpt.complete_checkpoints(self.ckpt_dir)
         where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
-        return (f"the training loss became {loss} at step {self.state.step} (epoch {self.state.epoch}, "
-                f"batch {self.state.batch_in_epoch - 1} of it); {where}. Lower train.lr or check the data.")
+        return (f"{fault} at step {self.state.step + 1} (epoch {self.state.epoch}, batch {self.state.batch_in_epoch} "
+                f"of it); {where}. Lower train.lr or check the data; train.on_nan: skip skips such steps instead.")
+
+
+def _non_finite(loss: float, grad_norm: torch.Tensor | None) -> str | None:
+    """What went non-finite in a step, if anything: the loss, or (with finite loss) the gradient norm."""
+    if not math.isfinite(loss):
+        return f"the training loss became {loss}"
+    if grad_norm is not None and not math.isfinite(float(grad_norm)):
+        return f"the gradient norm became {float(grad_norm)}"
+    return None
 
 
 def seed_everything(seed: int) -> None:

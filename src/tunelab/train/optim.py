@@ -19,7 +19,8 @@ from tunelab.recipe import Recipe
 
 def _no_decay(name: str, param: nn.Parameter) -> bool:
     lowered = name.lower()
-    return param.ndim < 2 or "norm" in lowered or lowered.endswith(".bias")
+    # IA3 scaling vectors start at 1 and are stored as (n, 1) matrices: decaying them towards 0 shrinks activations
+    return param.ndim < 2 or "norm" in lowered or lowered.endswith(".bias") or ".ia3_l." in lowered
 
 
 def param_groups(

@@ -1,0 +1,202 @@
+"""What both sides of the bench share: the scenarios, the data files, FLOP accounting and the result records.
+
+Each side runs in its own process (``tunelab_side.py``, ``trainer_baseline.py``) and writes one JSON result; the
+harness (``run.py``) starts them one after the other and compares.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+SEED = 0
+CLASSIFIER_MODEL = "minilm-l6"
+CAUSAL_MODEL = "smollm2-135m-instruct"
+LABELS = ["fresh", "rotten"]  # tunelab sorts label names; the Trainer side uses the same ids
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One piece of work, done the same way by both sides."""
+
+    name: str
+    title: str
+    model: str
+    task: str  # classification | causal_lm
+    strategy: dict[str, Any]  # tunelab's strategy section; the Trainer side does the same by hand
+    lr: float
+    batch_size: int
+    epochs: int | None = None  # whole epochs over the training subset, or
+    steps: int | None = None  # a number of optimiser steps
+    max_length: int = 128
+    notes: list[str] = field(default_factory=list)
+
+
+def scenarios(train_rows: int, causal_steps: int) -> dict[str, Scenario]:
+    """The bench's scenarios; full and LoRA run one epoch of the subset as a fixed number of steps."""
+    one_epoch = -(-train_rows // 32)
+    lora = {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.05}
+    return {s.name: s for s in [
+        Scenario("full", "full fine-tuning", CLASSIFIER_MODEL, "classification", {"method": "full"}, 1e-4, 32,
+                 steps=one_epoch),
+        Scenario("lora", "LoRA r=8 (query, value)", CLASSIFIER_MODEL, "classification", lora, 5e-4, 32,
+                 steps=one_epoch),
+        Scenario("freeze", "freeze bottom 50% + embeddings, 3 epochs", CLASSIFIER_MODEL, "classification",
+                 {"method": "freeze", "bottom": 0.5, "cache_boundary": True}, 1e-4, 32, epochs=3,
+                 notes=["tunelab: cache_boundary on, so the frozen blocks run in eval mode (no dropout); the Trainer "
+                        "runs them in train mode (dropout on), as model.train() does"]),
+        Scenario("feature_extraction", "feature extraction (head only), 5 epochs", CLASSIFIER_MODEL, "classification",
+                 {"method": "feature_extraction", "cache_features": True}, 1e-3, 32, epochs=5,
+                 notes=["tunelab: backbone in eval mode, head inputs cached; the Trainer runs the frozen backbone in "
+                        "train mode (dropout on) every epoch"]),
+        Scenario("causal_lora", "LoRA r=8 (q_proj, v_proj), causal LM", CAUSAL_MODEL, "causal_lm",
+                 {**lora, "target_modules": ["q_proj", "v_proj"]}, 5e-4, 8, steps=causal_steps, max_length=256),
+    ]}
+
+
+# ---- data ---------------------------------------------------------------------------------------------------------
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_classification_data(work: Path, train_rows: int, validation_rows: int) -> None:
+    """A seeded subset of Rotten Tomatoes as train/validation/test JSONL (text, label), read by both sides."""
+    from tunelab.data.builtin import rotten_tomatoes
+
+    rows, _ = rotten_tomatoes()
+    random.Random(SEED).shuffle(rows)
+    cut = [0, train_rows, train_rows + validation_rows, train_rows + validation_rows + 64]
+    for name, (start, end) in zip(("train", "validation", "test"), zip(cut, cut[1:])):
+        write_jsonl(work / f"sentiment-{name}.jsonl", rows[start:end])
+
+
+def write_causal_data(work: Path, train_rows: int, validation_rows: int) -> None:
+    """Tech-support chats as JSONL (messages) for tunelab, and the same examples tokenized by tunelab's causal_lm
+    task (input_ids, labels with -100 outside the answers) for the Trainer side, so both train on the same tokens."""
+    from tunelab.data.builtin import load_builtin
+
+    splits, _ = load_builtin("tech-support")
+    chosen = {"train": splits["train"][:train_rows], "validation": splits["validation"][:validation_rows],
+              "test": splits["test"][:4]}
+    for name, rows in chosen.items():
+        write_jsonl(work / f"support-{name}.jsonl", [{"messages": r["messages"]} for r in rows])
+    from tunelab.api import prepare_data
+    from tunelab.models import load_tokenizer
+    from tunelab.recipe import parse_recipe
+    from tunelab.tasks import build_task
+
+    recipe = parse_recipe(causal_recipe_data(work) | {"model": {"name": CAUSAL_MODEL}})
+    task = build_task(recipe, load_tokenizer(CAUSAL_MODEL))
+    data = prepare_data(recipe, task)
+    for name in ("train", "validation"):
+        write_jsonl(work / f"support-{name}-tokens.jsonl",
+                    [{"input_ids": f["input_ids"], "labels": f["labels"]} for f in data.splits[name]])
+
+
+def write_model_folders(work: Path, names: set[str]) -> None:
+    """Where each catalog model's Hugging Face folder is, so the Trainer side loads it without importing tunelab."""
+    from tunelab.models import model_path
+
+    (work / "models.json").write_text(json.dumps({name: model_path(name) for name in sorted(names)}), encoding="utf-8")
+
+
+def causal_recipe_data(work: Path) -> dict[str, Any]:
+    """The recipe sections that fix the causal LM data and its featurization (shared with write_causal_data)."""
+    return {"task": {"type": "causal_lm", "max_length": 256, "system_prompt": "You are a helpful support assistant.",
+                     "loss_on": "answer"},
+            "data": {"train": str(work / "support-train.jsonl"), "validation": str(work / "support-validation.jsonl"),
+                     "test": str(work / "support-test.jsonl")}}
+
+
+# ---- measuring ----------------------------------------------------------------------------------------------------
+
+def matmul_gflops(size: int = 2048, seconds: float = 3.0) -> float:
+    """float32 GFLOP/s of a large square matmul on all of torch's threads: the machine's practical ceiling."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        count += 1
+    return 2 * size**3 * count / (time.perf_counter() - started) / 1e9
+
+
+def peak_rss_bytes() -> int:
+    """The process's high-water mark of resident memory (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+@dataclass
+class Work:
+    """FLOP accounting of one run, counted on real (non-padding) tokens: forward 2 x params x tokens per block run,
+    backward 2 x params x tokens for the input gradients of each block gradients pass through and 2 x params x
+    tokens for the weight gradients of each block that trains (so full fine-tuning is the usual 6 N t)."""
+
+    block_params: int  # parameters of one transformer block
+    blocks: int
+    extra_forward_params: int = 0  # a matmul outside the blocks every token goes through (a language-model head)
+    flops: float = 0.0
+
+    def train(self, tokens: int, run: int, grad: int, weight: int, extra_grad: bool = False) -> None:
+        """Training tokens through ``run`` blocks forward, ``grad`` blocks backward, ``weight`` trainable blocks."""
+        extra = self.extra_forward_params * (4 if extra_grad else 2)
+        self.flops += tokens * (2 * self.block_params * (run + grad + weight) + extra)
+
+    def forward(self, tokens: int, run: int) -> None:
+        """Tokens through ``run`` blocks forward only (evaluation, building a cache)."""
+        self.flops += tokens * (2 * self.block_params * run + 2 * self.extra_forward_params)
+
+
+def block_shape(model: Any) -> tuple[int, int, int]:
+    """(parameters per block, blocks, parameters of a language-model head every token passes through)."""
+    from tunelab.strategies.layers import find_block_stacks
+
+    stack = find_block_stacks(model)[0]
+    head = getattr(model, "lm_head", None)
+    return (sum(p.numel() for p in stack.blocks[0].parameters()), len(stack.blocks),
+            head.weight.numel() if head is not None else 0)
+
+
+@dataclass
+class Result:
+    """What one side measured on one scenario."""
+
+    side: str
+    scenario: str
+    examples: int  # training examples processed (an example seen in 3 epochs counts 3 times)
+    tokens: int  # their real (non-padding) tokens
+    padded_tokens: int  # the tokens the training batches held, padding included
+    seconds: float  # wall time of the training call (train steps, the same validation passes, checkpoints)
+    cpu_seconds: float  # CPU time of the process in that window, all threads
+    peak_rss_bytes: int
+    metric_name: str
+    metric: float
+    flops: float  # useful FLOPs performed in the window (see Work)
+    settings: dict[str, Any] = field(default_factory=dict)
+    load_before: str = ""
+    load_after: str = ""
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=1), encoding="utf-8")
+
+    @staticmethod
+    def load(path: Path) -> Result:
+        return Result(**json.loads(path.read_text(encoding="utf-8")))

@@ -1,0 +1,191 @@
+"""tunelab against the plain transformers Trainer on the same work: one command, both sides, one table.
+
+    .venv/bin/python bench/run.py                      # every scenario (about 15-20 min on 2 idle cores)
+    .venv/bin/python bench/run.py --only full,lora     # some of them
+    .venv/bin/python bench/run.py --train-rows 256 --causal-steps 4 --no-save   # a quick smoke run
+
+Each side of each scenario runs in its own process (so peak RSS is its own), tunelab first, then the Trainer.
+A float32 matmul measured at the start and the end gives the machine's practical ceiling for the MFU column.
+Results are printed and written to bench/results/<date>.md with the machine description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import (
+    BENCH,
+    Result,
+    load_average,
+    matmul_gflops,
+    scenarios,
+    write_causal_data,
+    write_classification_data,
+    write_model_folders,
+)
+
+TARGETS = {"full": 1.2, "lora": 1.2, "freeze": 3.0, "feature_extraction": 10.0, "causal_lora": 1.2}
+
+
+def run_side(script: str, scenario: str, work: Path, args: argparse.Namespace) -> Result:
+    """One side of one scenario in a fresh process; its log goes to the work folder."""
+    log = work / f"{scenario}-{script.removesuffix('.py')}.log"
+    command = [sys.executable, str(BENCH / script), scenario, "--work", str(work),
+               "--train-rows", str(args.train_rows), "--causal-steps", str(args.causal_steps)]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    with log.open("w") as handle:
+        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=BENCH)
+    if done.returncode:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
+        raise SystemExit(f"{script} {scenario} failed (exit {done.returncode}); end of {log}:\n{tail}")
+    side = "tunelab" if script == "tunelab_side.py" else "trainer"
+    return Result.load(work / f"{scenario}-{side}.json")
+
+
+def machine() -> str:
+    """CPU model, cores, memory and library versions: what the numbers were measured on."""
+    import psutil
+    import torch
+    import transformers
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import peft
+
+    return (f"{cpu}, {psutil.cpu_count(logical=False)} physical / {psutil.cpu_count()} logical cores, "
+            f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM; Python {platform.python_version()}, torch "
+            f"{torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
+            f"peft {peft.__version__}")
+
+
+def row(title: str, t: Result, h: Result, peak: float) -> list[str]:
+    """One table row: each side's numbers and the ratios tunelab/Trainer."""
+    mib = 2**20
+    mfu = lambda r: 100 * r.flops / r.seconds / (peak * 1e9)  # noqa: E731
+    return [
+        title,
+        f"{t.examples / t.seconds:.1f} / {h.examples / h.seconds:.1f}",
+        f"**{(t.examples / t.seconds) / (h.examples / h.seconds):.2f}x**",
+        f"{(t.examples / t.cpu_seconds) / (h.examples / h.cpu_seconds):.2f}x",
+        f"{t.tokens / t.seconds:.0f} / {h.tokens / h.seconds:.0f}",
+        f"{t.tokens / t.padded_tokens:.0%} / {h.tokens / h.padded_tokens:.0%}",
+        f"{t.peak_rss_bytes / mib:.0f} / {h.peak_rss_bytes / mib:.0f} MiB ({t.peak_rss_bytes / h.peak_rss_bytes:.2f}x)",
+        f"{t.metric:.4f} / {h.metric:.4f} ({t.metric_name})",
+        f"{mfu(t):.1f}% / {mfu(h):.1f}%",
+        f"{t.seconds:.0f} / {h.seconds:.0f} s",
+    ]
+
+
+HEADER = ["scenario", "examples/s (tunelab / Trainer)", "speed-up", "per CPU-second", "tokens/s", "real tokens in batches",
+          "peak RSS", "final validation metric", "MFU", "training call"]
+
+
+def table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def report(results: dict[str, tuple[Result, Result]], specs: dict, peaks: list[float], loads: list[str],
+           args: argparse.Namespace, started: datetime.datetime) -> str:
+    peak = max(peaks)
+    rows = [row(specs[name].title, t, h, peak) for name, (t, h) in results.items()]
+    verdicts = []
+    for name, (t, h) in results.items():
+        ratio = (t.examples / t.seconds) / (h.examples / h.seconds)
+        target = TARGETS[name]
+        memory = "peak RSS lower" if t.peak_rss_bytes <= h.peak_rss_bytes else "peak RSS HIGHER"
+        verdicts.append(f"- {name}: {ratio:.2f}x against a target of {target}x: "
+                        f"{'met' if ratio >= target else 'NOT met'}; {memory}")
+    settings = []
+    for name, (t, h) in results.items():
+        settings.append(f"- {name}: tunelab {json.dumps(t.settings)}; Trainer {json.dumps(h.settings)}; "
+                        f"load average before/after tunelab {t.load_before} / {t.load_after}, Trainer "
+                        f"{h.load_before} / {h.load_after}")
+        settings += [f"  - {note}" for note in specs[name].notes]
+    return "\n".join([
+        f"# Bench {started:%Y-%m-%d %H:%M}",
+        "",
+        f"Machine: {machine()}.",
+        f"Load average (1, 5, 15 min) at start: {loads[0]}; at end: {loads[1]}. Other work shared these cores, so "
+        "wall-clock ratios carry noise; the per-CPU-second column divides by the process's own CPU time instead.",
+        f"float32 matmul ({args.matmul_size}x{args.matmul_size}) at start / end: "
+        f"{peaks[0]:.1f} / {peaks[1]:.1f} GFLOP/s; MFU divides by the higher.",
+        f"Data: Rotten Tomatoes subset, {args.train_rows} train / {args.validation_rows} validation rows; "
+        f"causal LM: tech-support chats, {args.causal_train_rows} train / {args.causal_validation_rows} validation.",
+        f"Command: `{' '.join(['python', *sys.argv])}`",
+        "",
+        table(rows),
+        "",
+        "Columns: examples/s = training examples processed / wall time of the training call (tunelab `Trainer.fit`, "
+        "the Trainer's `trainer.train()`; both include the same validation passes, tunelab also its checkpoints and "
+        "cache building). Tokens are real (non-padding) tokens. 'real tokens in batches' = real / padded tokens of "
+        "the training batches. MFU = useful FLOPs of the window (forward 2N, input gradients 2N, weight gradients 2N "
+        "per token and block actually run; embeddings excluded) / seconds / the matmul rate. Final metric: the last "
+        "validation pass of the training call (accuracy; for the causal LM, loss per answer token).",
+        "",
+        "## Targets",
+        *verdicts,
+        "",
+        "## Settings",
+        *settings,
+    ]) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="", help="comma-separated scenario names (default: all)")
+    parser.add_argument("--train-rows", type=int, default=2000)
+    parser.add_argument("--validation-rows", type=int, default=400)
+    parser.add_argument("--causal-train-rows", type=int, default=256)
+    parser.add_argument("--causal-validation-rows", type=int, default=48)
+    parser.add_argument("--causal-steps", type=int, default=16)
+    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--no-save", action="store_true", help="print only; write nothing under bench/results")
+    args = parser.parse_args()
+    specs = scenarios(args.train_rows, args.causal_steps)
+    chosen = [n for n in (args.only.split(",") if args.only else specs) if n]
+    unknown = [n for n in chosen if n not in specs]
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {unknown}; choose from {', '.join(specs)}")
+    started = datetime.datetime.now()
+    loads = [load_average()]
+    peaks = [matmul_gflops(args.matmul_size)]
+    results: dict[str, tuple[Result, Result]] = {}
+    with tempfile.TemporaryDirectory(prefix="tunelab-bench-") as tmp:
+        work = Path(tmp)
+        write_classification_data(work, args.train_rows, args.validation_rows)
+        if "causal_lora" in chosen:
+            write_causal_data(work, args.causal_train_rows, args.causal_validation_rows)
+        write_model_folders(work, {specs[name].model for name in chosen})
+        for name in chosen:
+            print(f"[{datetime.datetime.now():%H:%M:%S}] {name}: tunelab ...", flush=True)
+            t = run_side("tunelab_side.py", name, work, args)
+            print(f"[{datetime.datetime.now():%H:%M:%S}] {name}: Trainer ...", flush=True)
+            h = run_side("trainer_baseline.py", name, work, args)
+            results[name] = (t, h)
+            print(table([row(specs[name].title, t, h, max(peaks))]).splitlines()[-1], flush=True)
+    peaks.append(matmul_gflops(args.matmul_size))
+    loads.append(load_average())
+    text = report(results, specs, peaks, loads, args, started)
+    print("\n" + text)
+    if not args.no_save:
+        out = BENCH / "results" / f"{started:%Y-%m-%d}.md"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+        print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""Run a frozen part of the model once, keep what it computes, and let later epochs skip it.
+
+When the bottom of a model is frozen and runs without dropout, its output for an example never changes, so
+computing it every epoch is wasted work. Two caches use that:
+
+- ``head`` (feature_extraction, ``strategy.cache_features``): the input of the new head (for
+  ``BertForSequenceClassification``, the pooled output after the eval-mode dropout). Training and evaluation then
+  run only the head.
+- ``boundary`` (freeze, ``strategy.cache_boundary``): the hidden states entering the lowest trainable block. The
+  frozen stem (embeddings) and blocks below it are swapped out while the cache is active, so the model runs only
+  its trainable blocks and what sits above them.
+
+Examples are found by their token ids (the unpadded row), so the task's own collation, loss and evaluation run
+unchanged: the cache answers whatever batches they form. Each cache checks itself once when built: a probe batch
+through the cache must give the plain model's logits, else the run goes on the plain path and says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from tunelab.errors import ModelError
+from tunelab.strategies import layers
+from tunelab.strategies.base import head_modules
+
+Key = tuple[int, ...]
+Collate = Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
+STEM_NAMES = ("embeddings", "embed_tokens")  # the module that feeds block 0 (BERT family, Llama family)
+PROBE_ATOL = 1e-4  # logits through the cache vs the plain model; float32 batching noise is ~1e-6
+
+
+class Unsupported(Exception):
+    """The cache cannot serve this model or run; the message says why (it goes into the run summary)."""
+
+
+class _Stop(Exception):
+    """Raised by a hook once the cached tensor is captured, so the rest of the forward pass is skipped."""
+
+
+def row_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[list[Key], list[int]]:
+    """Each row's key (its unpadded token ids) and length; rows must be right-padded, as collators pad for training."""
+    ids = input_ids.detach().cpu()
+    if attention_mask is None:
+        return [tuple(row.tolist()) for row in ids], [ids.shape[1]] * ids.shape[0]
+    mask = attention_mask.detach().cpu().long()
+    lengths = mask.sum(1)
+    if not torch.equal(lengths, mask.cumprod(1).sum(1)):
+        raise Unsupported("a batch is not right-padded, so rows cannot be matched to cached states")
+    return [tuple(row[:n].tolist()) for row, n in zip(ids, lengths.tolist())], lengths.tolist()
+
+
+class Store:
+    """Per-example tensors in one flat buffer: one row per token (hidden states) or one row (a pooled vector)."""
+
+    def __init__(self) -> None:
+        self.index: dict[Key, tuple[int, int]] = {}
+        self.values: torch.Tensor | None = None
+        self.used = 0
+        self.per_token = False
+
+    def reserve(self, rows: int, width: int, dtype: torch.dtype, per_token: bool) -> None:
+        self.values = torch.empty(rows, width, dtype=dtype)
+        self.per_token = per_token
+
+    def add(self, keys: list[Key], lengths: list[int], batch: torch.Tensor) -> None:
+        """Copy a captured batch (B, H) or (B, T, H) in; keys already present are skipped (same ids, same states)."""
+        assert self.values is not None
+        for i, (key, n) in enumerate(zip(keys, lengths)):
+            if key in self.index:
+                continue
+            rows = batch[i, :n] if self.per_token else batch[i : i + 1]
+            self.values[self.used : self.used + len(rows)] = rows.to("cpu", self.values.dtype)
+            self.index[key] = (self.used, len(rows))
+            self.used += len(rows)
+
+    def gather(self, keys: list[Key], width: int, device: torch.device) -> torch.Tensor:
+        """The cached tensors of a batch, (B, H) or right-padded with zeros to (B, width, H)."""
+        assert self.values is not None
+        try:
+            spans = [self.index[key] for key in keys]
+        except KeyError:
+            raise Unsupported("an example reached the model that was not cached (the cache covers train and "
+                              "validation only)") from None
+        if not self.per_token:
+            return self.values[[start for start, _ in spans]].to(device)
+        out = torch.zeros(len(keys), width, self.values.shape[1], dtype=self.values.dtype)
+        for i, (start, n) in enumerate(spans):
+            out[i, :n] = self.values[start : start + n]
+        return out.to(device)
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.values is None else self.values[: self.used].nelement() * self.values.element_size()
+
+
+def _capture(model: nn.Module, module: nn.Module, store: Store, features: list[dict[str, Any]], collate: Collate,
+             batch_size: int, device: torch.device, stop: bool) -> None:
+    """Run the model over features (longest first, so the buffer is sized by the first batch) and store the input
+    ``module`` receives; with ``stop`` the forward pass ends there."""
+    total = sum(len(f["input_ids"]) for f in features)
+    state: dict[str, Any] = {}
+
+    def hook(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+        seen = args[0] if args else kwargs.get("hidden_states", next(iter(kwargs.values())))
+        if store.values is None:
+            per_token = seen.dim() == 3
+            store.reserve(total if per_token else len(features), seen.shape[-1], seen.dtype, per_token)
+        store.add(state["keys"], state["lengths"], seen)
+        if stop:
+            raise _Stop
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+    try:
+        with torch.no_grad():  # not inference_mode: the cached tensors feed autograd later
+            for start in range(0, len(order), batch_size):
+                batch = collate([features[i] for i in order[start : start + batch_size]])
+                inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+                state["keys"], state["lengths"] = row_keys(inputs["input_ids"], inputs.get("attention_mask"))
+                with contextlib.suppress(_Stop):
+                    model(**inputs)
+    finally:
+        handle.remove()
+
+
+class HeadReplay(nn.Module):
+    """Stands in for the whole model: looks up each row's cached head input and runs only the head."""
+
+    def __init__(self, head: nn.Module, store: Store) -> None:
+        super().__init__()
+        self.head = head
+        self.store = store
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                **_: Any) -> SequenceClassifierOutput:
+        keys, _lengths = row_keys(input_ids, attention_mask)
+        return SequenceClassifierOutput(logits=self.head(self.store.gather(keys, input_ids.shape[1], input_ids.device)))
+
+
+class StemReplay(nn.Module):
+    """Stands in for the stem: returns the boundary hidden states that the model-level hook looked up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.next_output: torch.Tensor | None = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out, self.next_output = self.next_output, None
+        if out is None:
+            raise RuntimeError("StemReplay called without a looked-up batch; the cache hook is not installed")
+        return out
+
+
+@dataclass
+class Cache:
+    """A built cache: ``active(model)`` yields the module to run forward passes on while it is in use."""
+
+    kind: str
+    store: Store
+    owner: nn.Module  # the unwrapped model it was built from: the lookup hook sits on it, under any wrapper
+    head: nn.Module | None = None
+    parent: nn.Module | None = None  # boundary cache: the module owning the stem and the one owning the blocks
+    stem_attr: str = ""
+    stem: nn.Module | None = None
+    stack_parent: nn.Module | None = None
+    stack_attr: str = ""
+    full_stack: nn.ModuleList | None = None
+    short_stack: nn.ModuleList | None = None
+    boundary: int = 0
+    seconds: float = 0.0
+
+    @contextlib.contextmanager
+    def active(self, model: nn.Module) -> Iterator[nn.Module]:
+        """Run forward passes through the cache inside this block; the model is whole again after it.
+
+        Yields what to call: the model itself (possibly wrapped for several processes) for the boundary cache, a
+        head-only stand-in for the head cache.
+        """
+        if self.kind == "head":
+            yield HeadReplay(self.head, self.store)
+            return
+        replay = StemReplay()
+
+        def lookup(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+            ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+            keys, _ = row_keys(ids, kwargs.get("attention_mask"))
+            replay.next_output = self.store.gather(keys, ids.shape[1], ids.device)
+
+        handle = self.owner.register_forward_pre_hook(lookup, with_kwargs=True)
+        setattr(self.parent, self.stem_attr, replay)
+        setattr(self.stack_parent, self.stack_attr, self.short_stack)
+        try:
+            yield model
+        finally:
+            handle.remove()
+            setattr(self.parent, self.stem_attr, self.stem)
+            setattr(self.stack_parent, self.stack_attr, self.full_stack)
+
+    def describe(self) -> str:
+        what = "head inputs" if self.kind == "head" else f"hidden states entering block {self.boundary}"
+        return (f"on: {what} of {len(self.store.index)} examples cached ({self.store.nbytes / 2**20:.1f} MiB, "
+                f"built in {self.seconds:.1f} s)")
+
+
+def frozen_bottom(model: nn.Module) -> tuple[str, nn.Module, str, nn.ModuleList, int]:
+    """The stem (parent path, module), the block stack (path, list) and the index of its lowest trainable block.
+
+    Raises Unsupported when there is nothing to cache or the model does not have the one-stack shape the boundary
+    cache relies on.
+    """
+    try:
+        stacks = layers.find_block_stacks(model)
+    except ModelError as err:
+        raise Unsupported(str(err)) from None
+    if len(stacks) != 1:
+        raise Unsupported(f"the model has {len(stacks)} block stacks; the boundary cache handles one")
+    stack = stacks[0]
+    trainable = [i for i, block in enumerate(stack.blocks) if any(p.requires_grad for p in block.parameters())]
+    boundary = trainable[0] if trainable else len(stack.blocks)
+    parts = stack.name.split(".")
+    for end in range(len(parts) - 1, -1, -1):
+        owner_path = ".".join(parts[:end])
+        owner = model.get_submodule(owner_path) if owner_path else model
+        for attr in STEM_NAMES:
+            stem = getattr(owner, attr, None)
+            if isinstance(stem, nn.Module):
+                if any(p.requires_grad for p in stem.parameters()):
+                    raise Unsupported(f"the stem {owner_path}.{attr} trains, so no hidden state below the blocks is fixed")
+                if boundary == 0:
+                    raise Unsupported("block 0 trains, so only the embeddings are frozen; nothing worth caching")
+                return f"{owner_path}.{attr}".lstrip("."), stem, stack.name, stack.blocks, boundary
+    raise Unsupported(f"no stem module named {' or '.join(STEM_NAMES)} above {stack.name}")
+
+
+def frozen_prefix(model: nn.Module) -> list[nn.Module]:
+    """The frozen stem and blocks the boundary cache replaces; with cache_boundary they always run in eval mode (no
+    dropout), cached or not, so the cached and the plain path compute the same function. Empty if there is none."""
+    try:
+        _, stem, _, blocks, boundary = frozen_bottom(model)
+    except Unsupported:
+        return []
+    return [stem, *list(blocks)[:boundary]]
+
+
+def _probe_matches(model: nn.Module, cache: Cache, features: list[dict[str, Any]], collate: Collate,
+                   device: torch.device) -> float:
+    """Largest logit difference between the plain model and the cache on a few short and long examples."""
+    by_length = sorted(features, key=lambda f: len(f["input_ids"]))
+    probe = by_length[:2] + by_length[len(by_length) // 2 : len(by_length) // 2 + 2] + by_length[-2:]
+    batch = {k: v.to(device) for k, v in collate(probe).items() if k != "labels"}
+    was_training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            plain = model(**batch).logits.float()
+            with cache.active(model) as replay:
+                cached = replay(**batch).logits.float()
+    finally:
+        for module, mode in was_training.items():
+            module.train(mode)
+    return (plain - cached).abs().max().item()
+
+
+def build_cache(kind: str, model: nn.Module, splits: list[list[dict[str, Any]]], collate: Collate,
+                batch_size: int, device: torch.device) -> Cache:
+    """Run the frozen part once over every example of ``splits`` and return the checked cache.
+
+    ``kind`` is ``head`` or ``boundary``. Raises Unsupported (with the reason) when this model or run cannot use it.
+    """
+    started = time.perf_counter()
+    features = [f for split in splits for f in split]
+    store = Store()
+    if kind == "head":
+        heads = head_modules(model)
+        if len(heads) != 1:
+            raise Unsupported(f"the model has {len(heads)} new head modules; the feature cache handles one")
+        cache = Cache("head", store, model, head=model.get_submodule(heads[0]))
+        capture_at, stop = cache.head, False
+    else:
+        stem_path, stem, stack_path, blocks, boundary = frozen_bottom(model)
+        stem_parent, _, stem_attr = stem_path.rpartition(".")
+        stack_parent, _, stack_attr = stack_path.rpartition(".")
+        cache = Cache("boundary", store, model, parent=model.get_submodule(stem_parent) if stem_parent else model,
+                      stem_attr=stem_attr, stem=stem,
+                      stack_parent=model.get_submodule(stack_parent) if stack_parent else model,
+                      stack_attr=stack_attr, full_stack=blocks, short_stack=nn.ModuleList(list(blocks)[boundary:]),
+                      boundary=boundary)
+        capture_at, stop = (blocks[boundary], True) if boundary < len(blocks) else (None, False)
+        if capture_at is None:
+            raise Unsupported("every block is frozen: use strategy feature_extraction, which caches the head's input")
+    was_training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        _capture(model, capture_at, store, features, collate, batch_size, device, stop)
+    finally:
+        for module, mode in was_training.items():
+            module.train(mode)
+    worst = _probe_matches(model, cache, features, collate, device)
+    if not worst <= PROBE_ATOL:
+        raise Unsupported(f"logits through the cache differ from the plain model's by {worst:.2e} (> {PROBE_ATOL})")
+    cache.seconds = time.perf_counter() - started
+    return cache
+
+
+def cache_kind(strategy: Any) -> str | None:
+    """Which cache the recipe asks for: ``head``, ``boundary`` or None (off, or a strategy without one)."""
+    cfg = strategy.cfg
+    if strategy.name == "feature_extraction" and getattr(cfg, "cache_features", False):
+        return "head"
+    if strategy.name == "freeze" and getattr(cfg, "cache_boundary", False):
+        return "boundary"
+    return None
+
+
+def prepare(strategy: Any, model: nn.Module, splits: list[list[dict[str, Any]]], collate: Collate, batch_size: int,
+            device: torch.device, processes: int) -> tuple[Cache | None, str | None]:
+    """The cache this run asked for, built, and a line for the run summary (None when the recipe asks for none)."""
+    kind = cache_kind(strategy)
+    if kind is None:
+        return None, None
+    if kind == "head" and processes > 1:
+        return None, "off: the head-only stand-in is not wrapped for several processes, so it would not sync gradients"
+    try:
+        cache = build_cache(kind, model, splits, collate, batch_size, device)
+    except Unsupported as why:
+        return None, f"off: {why}"
+    return cache, cache.describe()
