@@ -116,7 +116,8 @@ def causal_recipe_data(work: Path) -> dict[str, Any]:
     """The recipe sections that fix the causal LM data and its featurization (shared with write_causal_data)."""
     return {"task": {"type": "causal_lm", "max_length": 256, "system_prompt": "You are a helpful support assistant.",
                      "loss_on": "answer"},
-            "data": {"train": str(work / "support-train.jsonl"), "validation": str(work / "support-validation.jsonl"),
+            "data": {"on_bad_rows": "skip", "train": str(work / "support-train.jsonl"),
+                     "validation": str(work / "support-validation.jsonl"),
                      "test": str(work / "support-test.jsonl")}}
 
 
