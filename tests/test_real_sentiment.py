@@ -16,12 +16,12 @@ def test_minilm_learns_sentiment_and_final_reloads_in_plain_transformers(tmp_pat
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     run = api.train("recipes/sentiment.yaml", name="real", overrides=[
-        f"output.dir={tmp_path}", "data.limit=640", "train.max_steps=20", "train.eval_every=10",
-        "train.lr=1e-4", "train.early_stopping=null",
+        f"output.dir={tmp_path}", "data.limit=1600", "train.max_steps=100", "train.batch_size=16", "train.eval_every=50",
+        "train.lr=1e-4", "train.early_stopping=null", "eval.max_examples=300",
     ])
     summary = json.loads((run / "summary.json").read_text())
-    # 20 steps of 32 examples already move a pretrained encoder well past chance on held-out snippets
-    assert summary["after"]["validation"]["accuracy"] > summary["before"]["validation"]["accuracy"] + 0.1
+    # 100 steps of 16 snippets move the pretrained encoder well past the majority class on held-out data
+    assert summary["after"]["test"]["accuracy"] > summary["majority_baseline"]["test"] + 0.08
     assert summary["data"]["source"]["excluded_plot_rows"] > 0 and summary["parameters"]["trainable_share"] == 1.0
 
     texts = ["An absolute delight from start to finish.", "A tedious, lifeless mess."]
