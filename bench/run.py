@@ -132,7 +132,9 @@ def report(results: dict[str, tuple[Result, Result]], specs: dict, peaks: list[f
         f"{peaks[0]:.1f} / {peaks[1]:.1f} GFLOP/s; MFU divides by the higher.",
         f"Data: Rotten Tomatoes subset, {args.train_rows} train / {args.validation_rows} validation rows; "
         f"causal LM: tech-support chats, {args.causal_train_rows} train / {args.causal_validation_rows} validation.",
-        f"Command: `{' '.join(['python', *sys.argv])}`",
+        f"Command: `{' '.join(['python', *sys.argv])}`" + (
+            f"; each side ran {args.repeat} times (A B B A ...) and its fastest run counts (all times under Settings)"
+            if args.repeat > 1 else ""),
         "",
         table(rows),
         "",
@@ -160,6 +162,7 @@ def main() -> None:
     parser.add_argument("--causal-validation-rows", type=int, default=48)
     parser.add_argument("--causal-steps", type=int, default=16)
     parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--work", type=Path, help="keep data, runs, logs and per-side results here (default: a temp dir)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per side (even: A B B A order); the fastest counts")
     parser.add_argument("--no-save", action="store_true", help="print only; write nothing under bench/results")
     args = parser.parse_args()
@@ -173,7 +176,8 @@ def main() -> None:
     peaks = [matmul_gflops(args.matmul_size)]
     results: dict[str, tuple[Result, Result]] = {}
     with tempfile.TemporaryDirectory(prefix="tunelab-bench-") as tmp:
-        work = Path(tmp)
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         write_classification_data(work, args.train_rows, args.validation_rows)
         if "causal_lora" in chosen:
             write_causal_data(work, args.causal_train_rows, args.causal_validation_rows)
