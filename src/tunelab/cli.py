@@ -28,6 +28,20 @@ def _run(fn, *args, **kwargs):  # noqa: ANN001, ANN202 - thin error boundary
         raise typer.Exit(2) from None
 
 
+def read_inputs(given: list[str] | None, file: Path | None, missing: str) -> list[str]:
+    """Inputs from arguments plus the non-blank lines of --file; a missing file or no input is one clear error."""
+    inputs = list(given or [])
+    if file:
+        if not file.is_file():
+            console.print(f"[bold red]error:[/] {file}: no such file")
+            raise typer.Exit(2)
+        inputs += [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not inputs:
+        console.print(f"[bold red]error:[/] {missing}")
+        raise typer.Exit(2)
+    return inputs
+
+
 @app.command()
 def train(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML, or a run folder to resume.")],
@@ -110,15 +124,7 @@ def predict(
     """
     from tunelab import api
 
-    inputs = list(texts or [])
-    if file:
-        if not file.is_file():
-            console.print(f"[bold red]error:[/] {file}: no such file")
-            raise typer.Exit(2)
-        inputs += [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not inputs:
-        console.print("[bold red]error:[/] give texts as arguments or --file")
-        raise typer.Exit(2)
+    inputs = read_inputs(texts, file, "give texts as arguments or --file")
     loaded = _run(api.load, run)
     for result in loaded.predict(loaded.model, inputs):
         scores = "  ".join(f"{k}={v:.3f}" for k, v in result["scores"].items())

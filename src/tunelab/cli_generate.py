@@ -12,7 +12,7 @@ from typing import Annotated, Any, Optional
 import typer
 from pydantic import ValidationError
 
-from tunelab.cli import _run, app, console
+from tunelab.cli import _run, app, console, read_inputs
 from tunelab.errors import RecipeError, RunError
 from tunelab.recipe import GenerateConfig
 
@@ -64,15 +64,7 @@ def generate(
 
         tunelab generate runs/translation --file verses.txt --num-beams 4
     """
-    inputs = list(prompt or [])
-    if file:
-        if not file.is_file():
-            console.print(f"[bold red]error:[/] {file}: no such file")
-            raise typer.Exit(2)
-        inputs += [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not inputs:
-        console.print("[bold red]error:[/] give prompts with --prompt or --file")
-        raise typer.Exit(2)
+    inputs = read_inputs(prompt, file, "give prompts with --prompt or --file")
     loaded = _run(load_generator, run)
     cfg = _run(decoding, loaded, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample,
                temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty)
