@@ -99,8 +99,7 @@ class Adapters(Strategy):
             chosen = layers.ordered_blocks(model)
         self.blocks = [name for name, _ in chosen]
         added = insert_adapters(model, self.blocks, c.bottleneck, c.activation)
-        model.tunelab_new_params = sorted(new_params(model) | set(added))  # new layers: optim.head_lr applies
-        set_trainable(model, new_params(model))
+        set_trainable(model, set(added) | new_params(model))  # adapters train at train.lr, the head at optim.head_lr
         return model
 
     def save_model(self, model: nn.Module, folder: Path) -> dict[str, Any]:

@@ -53,9 +53,10 @@ class Freeze(LayerSelection):
 class FeatureExtraction(_Options):
     """The pretrained backbone frozen and in eval mode; only the new head trains.
 
-    Recommended train.lr: 1e-2 .. 5e-2. A head on frozen features learns slowly at fine-tuning rates, the more so
-    when the features are small (MiniLM's pooled output has a spread of about 0.04): at 3e-3 it stays at the
-    majority class for a whole epoch of Rotten Tomatoes.
+    Recommended train.lr: 3e-2. A head on frozen features learns slowly at fine-tuning rates, the more so when the
+    features are small (MiniLM's pooled output has a spread of about 0.04): at 3e-3 it stays at the majority class
+    for a whole epoch of Rotten Tomatoes. The same holds for the head of every method that leaves the pooler
+    frozen (lora, dora, ia3, bitfit, adapters, prompts): give them optim.head_lr: 3e-2.
     """
 
     method: Literal["feature_extraction"]
@@ -67,7 +68,8 @@ class Lora(_Options):
     """LoRA (Hu et al., 2021), or DoRA (method: dora; Liu et al., 2024), through peft; the new head trains in full.
 
     Default targets per architecture are peft's (BERT query/value, Llama q_proj/v_proj, T5 q/v).
-    Recommended train.lr: 5e-4 .. 1e-3 (a full fine-tuning rate of 1e-4 or less barely moves the adapters).
+    Recommended train.lr: 1e-3 (a full fine-tuning rate of 1e-4 or less barely moves the adapters), with
+    optim.head_lr: 3e-2 (the head sits on the frozen pooler, see feature_extraction).
     """
 
     method: Literal["lora", "dora"]
@@ -82,7 +84,7 @@ class Lora(_Options):
 class IA3(_Options):
     """(IA)^3 (Liu et al., 2022) through peft: learned vectors rescale keys, values and feed-forward activations.
 
-    Recommended train.lr: 3e-3 .. 1e-2 (the vectors start at 1 and need large steps).
+    Recommended train.lr: 1e-2 (the vectors start at 1 and need large steps), with optim.head_lr: 3e-2.
     """
 
     method: Literal["ia3"]
@@ -97,7 +99,8 @@ class IA3(_Options):
 class PromptLike(_Options):
     """Prefix tuning (Li & Liang, 2021) or prompt tuning (Lester et al., 2021) through peft: trained virtual tokens.
 
-    Recommended train.lr: 1e-2 .. 3e-2 (prompt tuning often up to 3e-1); they need many steps to match LoRA.
+    Recommended train.lr: 1e-2 .. 3e-2 (prompt tuning often up to 3e-1), with optim.head_lr: 3e-2; they need many
+    steps to match LoRA.
     """
 
     method: Literal["prefix_tuning", "prompt_tuning"]
@@ -105,7 +108,11 @@ class PromptLike(_Options):
 
 
 class BitFit(_Options):
-    """Only the bias terms (and the new head) train (Ben Zaken et al., 2021). Recommended train.lr: 1e-3 .. 5e-3."""
+    """Only the bias terms (and the new head) train (Ben Zaken et al., 2021).
+
+    Recommended train.lr: 5e-3, with optim.head_lr: 3e-2 (one epoch of Rotten Tomatoes on MiniLM: 0.73 test
+    accuracy, against 0.59 with 2e-3 for both).
+    """
 
     method: Literal["bitfit"]
 
@@ -113,8 +120,8 @@ class BitFit(_Options):
 class Adapters(LayerSelection):
     """Bottleneck adapters (Houlsby et al., 2019; Pfeiffer et al., 2020) after the output layer of each selected block.
 
-    The backbone is frozen; adapters and the new head train (optim.head_lr applies to both: they are new layers).
-    No selector means every block. Recommended train.lr: 1e-3.
+    The backbone is frozen; adapters (at train.lr, with optim.layer_lr_decay by depth like LoRA) and the new head
+    (at optim.head_lr) train. No selector means every block. Recommended train.lr: 1e-3, with optim.head_lr: 3e-2.
     """
 
     method: Literal["adapters"]
