@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,9 @@ from tunelab import api
 from tunelab.cli import app
 from tunelab.errors import RecipeError
 from tunelab.recipe import parse_recipe
+from tunelab.api import warn_low_lr
 from tunelab.strategies.base import make_strategy
-from tunelab.train.optim import make_optimizer, param_groups
+from tunelab.train.optim import head_rate, make_optimizer, param_groups
 
 def options(raw: dict[str, Any], task_type: str = "classification", **sections: Any) -> Any:
     """A validated recipe around one strategy section (the model and data are not read)."""
@@ -271,6 +273,33 @@ def test_ia3_vectors_get_no_weight_decay(prepared: Callable) -> None:
     model, strategy, recipe = prepared("bert", {"method": "ia3"}, optim={"weight_decay": 0.1})
     groups = param_groups(model, recipe, strategy.trainable_candidates(model), strategy.depth_map(model))
     assert all(g["weight_decay"] == 0.0 for g in groups if any(".ia3_l." in n for n in g["names"]))
+
+
+@pytest.mark.parametrize(("raw", "optim", "head"), [
+    ({"method": "full"}, {}, 1e-2),  # the head learns with the backbone at train.lr
+    ({"method": "feature_extraction"}, {}, 3e-2),  # over a frozen pooler: the strategy's default
+    ({"method": "lora"}, {}, 3e-2),
+    ({"method": "bitfit"}, {"head_lr": 0.5}, 0.5),  # the recipe's own rate wins
+])
+def test_head_rate_defaults_to_the_strategy_s(prepared: Callable, raw: dict[str, Any], optim: dict, head: float) -> None:
+    model, strategy, recipe = prepared("bert", raw, optim=optim)
+    groups = param_groups(model, recipe, strategy.trainable_candidates(model), strategy.depth_map(model),
+                          strategy.default_head_lr)
+    rate = {name.rsplit(".", 1)[-1] if "classifier" in name else name: g["lr"]
+            for g in groups for name in g["names"] if "classifier" in name}
+    assert rate == {"weight": head, "bias": head}
+    assert head_rate(recipe, strategy.default_head_lr) == head
+
+
+@pytest.mark.parametrize(("raw", "lr", "warned"), [
+    ({"method": "lora"}, 1e-4, True), ({"method": "lora"}, 1e-3, False), ({"method": "full"}, 1e-6, False),
+])
+def test_a_rate_far_below_the_method_s_is_warned(raw: dict[str, Any], lr: float, warned: bool) -> None:
+    recipe = options(raw, train={"lr": lr})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_low_lr(recipe)
+    assert bool([w for w in caught if "--set train.lr=0.001" in str(w.message)]) == warned
 
 
 # ---- refusals, before any training ---------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from tunelab.tasks import build_task
 from tunelab.tasks.generation import side_by_side
 from tunelab.train.checkpoint import complete_checkpoints
 from tunelab.train.loop import Trainer, seed_everything
+from tunelab.train.optim import head_rate
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -94,6 +95,16 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, Any]:
             "trainable_share": trainable / total if total else 0.0}
 
 
+def warn_low_lr(recipe: Recipe) -> None:
+    """Warn when train.lr is far below what the strategy needs: a full fine-tuning rate barely moves adapters."""
+    wanted = type(recipe.strategy).recommended_lr
+    if wanted and recipe.train.lr * 5 <= wanted:
+        import warnings
+
+        warnings.warn(f"strategy {recipe.strategy.method} at train.lr={recipe.train.lr:g} will learn slowly: it "
+                      f"usually needs about {wanted:g} (--set train.lr={wanted:g})", stacklevel=2)
+
+
 def _eval_splits(task: Any, model: torch.nn.Module, data: PreparedData, recipe: Recipe) -> dict[str, Any]:
     results = {name: task.evaluate(model, data.splits[name], recipe.eval.batch_size)
                for name in ("validation", "test") if data.splits.get(name)}
@@ -137,6 +148,7 @@ def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bo
     seed_everything(recipe.train_seed)
     model = task.build_model()
     strategy = make_strategy(recipe.strategy, recipe.task.type)
+    warn_low_lr(recipe)
     model = strategy.apply(model)
     counts = parameter_counts(model)
     require_free_space(run_dir or Path(recipe.output.dir),
@@ -172,7 +184,9 @@ def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bo
         "run": str(run_dir), "task": recipe.task.type, "model": recipe.model.name, "strategy": recipe.strategy.method,
         "data": {"rows": data.report.rows, "skipped": data.report.skipped, "truncated": data.report.truncated,
                  "source": data.report.source, "fingerprint": split_fingerprints(data.splits)},
-        "parameters": counts, "before": before, "after": after,
+        "parameters": counts, "learning_rates": {"lr": recipe.train.lr,
+                                                 "head_lr": head_rate(recipe, strategy.default_head_lr)},
+        "before": before, "after": after,
         "best": {"metric": recipe.eval.metric, "value": state.best_metric, "step": state.best_step},
         "steps": state.step, "epochs": state.epoch, "stopped_early": state.stopped_early, "out_of_time": state.out_of_time,
         "skipped_steps": state.skipped_steps,

@@ -39,7 +39,8 @@ def compare(
     seeds: Annotated[Optional[str], typer.Option(
         help="Training seeds, e.g. 0,1,2 (the data split stays fixed by the recipe seed). Default: the recipe's.")] = None,
     budget: Annotated[Optional[str], typer.Option(
-        help="Per variant: steps (300), epochs (2ep) or wall-clock training time (90s, 5m). Default: the recipe's.")] = None,
+        help="Per variant: steps (300), epochs (2ep), wall-clock training time (90s, 5m), or 'recipe' for "
+             "the recipe's own epochs/steps. Default: 200 steps.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Folder under --out (default: the recipe name).")] = None,
     out: Annotated[Path, typer.Option(help="Parent folder of comparisons.")] = Path("compare"),
     set_: Overrides = None,

@@ -39,7 +39,7 @@ def compare(recipe: str | Path, *, strategies: list[str] | None = None, strategy
     """Train the recipe once per strategy variant and seed, on identical data and budget, and report the figures.
 
     ``strategies`` names presets (default: all of them, or only the strategy file's variants when a file is given);
-    ``budget`` is ``None`` (the recipe's own), a step count ``300``, epochs ``2ep`` or a time ``5m``; ``seeds``
+    ``budget`` is ``None`` (200 steps), ``recipe`` (the recipe's own), a step count ``300``, epochs ``2ep`` or a time ``5m``; ``seeds``
     vary the training seed only (default: the recipe's). ``overrides`` (``KEY=VALUE``) apply to every variant.
     """
     from tunelab.compare.plots import all_plots

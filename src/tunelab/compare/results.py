@@ -57,6 +57,7 @@ def _measures(summaries: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     first = summaries[0]
     return {
         "method": first["strategy"], "split": split,
+        "head_lr": first.get("learning_rates", {}).get("head_lr"),
         "metric_values": scores, "metric_mean": _mean(scores),
         "metric_sd": statistics.stdev(scores) if len(scores) > 1 else None,
         "before_mean": _mean(before),
@@ -102,23 +103,29 @@ def _num(value: float | None, fmt: str) -> str:
     return "–" if value is None else format(value, fmt)
 
 
+def _rates(row: dict[str, Any]) -> str:
+    """train.lr, and the new head's rate when it differs (feature extraction and PEFT train the head at 3e-2)."""
+    lr, head = row["lr"], row.get("head_lr")
+    return _num(lr, ".1e") + (f" ({head:.1e})" if head is not None and head != lr else "")
+
+
 def table_rows(rows: list[dict[str, Any]], metric: str) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the comparison table, shared by the terminal, Markdown and HTML."""
     split = next((r["split"] for r in rows if "split" in r), "test")
     memory = next((r["memory_kind"] for r in rows if "memory_kind" in r), "peak memory")
-    header = ["variant", "lr", f"{split} {metric} (mean ± sd, n)", "before", "trainable", "share", memory,
+    header = ["variant", "lr (head)", f"{split} {metric} (mean ± sd, n)", "before", "trainable", "share", memory,
               "RSS added in training", "s/step", "examples/s", "train s", "steps", "weight drift", "Pareto (memory)"]
     cells = []
     for r in rows:
         if r["seeds_ok"] == 0:
-            cells.append([r["variant"], _num(r["lr"], ".1e"), "FAILED", *["–"] * (len(header) - 3)])
+            cells.append([r["variant"], _rates(r), "FAILED", *["–"] * (len(header) - 3)])
             continue
         sd = f" ± {r['metric_sd']:.4f}" if r["metric_sd"] is not None else ""
         score = f"{r['metric_mean']:.4f}{sd} ({len(r['metric_values'])})" if r["metric_mean"] is not None else "–"
         if r["status"] != "ok":
             score += f" [{r['status']}]"
         cells.append([
-            r["variant"], _num(r["lr"], ".1e"), score, _num(r["before_mean"], ".4f"), f"{r['trainable']:,}",
+            r["variant"], _rates(r), score, _num(r["before_mean"], ".4f"), f"{r['trainable']:,}",
             f"{r['trainable_share']:.2%}", format_bytes(r["peak_memory_bytes"]),
             format_bytes(r["train_rss_added_bytes"]) if r["train_rss_added_bytes"] is not None else "–",
             _num(r["seconds_per_step"], ".3f"), _num(r["examples_per_second"], ".1f"), _num(r["train_seconds"], ".1f"),
@@ -140,7 +147,7 @@ def write_results(folder: Path, rows: list[dict[str, Any]], results: list[RunRes
     runs = [{"variant": r.variant, "seed": r.seed, "status": r.status, "run_dir": str(r.run_dir) if r.run_dir else None,
              "lr": r.lr, "error": r.error} for r in results]
     atomic_write_text(folder / "results.json", json.dumps({**meta, "variants": rows, "runs": runs}, indent=2, default=str))
-    columns = ["variant", "status", "lr", "method", "split", "metric_mean", "metric_sd", "metric_values", "before_mean",
+    columns = ["variant", "status", "lr", "head_lr", "method", "split", "metric_mean", "metric_sd", "metric_values", "before_mean",
                "trainable", "total", "trainable_share", "memory_kind", *_SIZE_COLUMNS, "seconds_per_step",
                "examples_per_second", "train_seconds", "wall_seconds", "steps", "weight_drift", "pareto_memory", "errors"]
     buffer = io.StringIO()

@@ -21,7 +21,7 @@ from torch import nn
 
 from tunelab.errors import ModelError
 from tunelab.strategies import layers
-from tunelab.strategies.base import Strategy, new_params, set_trainable
+from tunelab.strategies.base import FROZEN_HEAD_LR, Strategy, new_params, set_trainable
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -90,6 +90,7 @@ class Adapters(Strategy):
     """Backbone frozen; bottleneck adapters in the selected blocks (all by default) and the new head train."""
 
     name = "adapters"
+    default_head_lr = FROZEN_HEAD_LR
 
     def apply(self, model: nn.Module) -> nn.Module:
         c = self.cfg

@@ -6,13 +6,15 @@ with "unknown key 'strategy.rank', did you mean 'r'" instead of being ignored.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # the train.lr this method is known to need; a run far below it is warned (fine-tuning rates barely move adapters)
+    recommended_lr: ClassVar[float | None] = None
 
 
 class LayerSelection(_Options):
@@ -53,10 +55,10 @@ class Freeze(LayerSelection):
 class FeatureExtraction(_Options):
     """The pretrained backbone frozen and in eval mode; only the new head trains.
 
-    Recommended train.lr: 3e-2. A head on frozen features learns slowly at fine-tuning rates, the more so when the
-    features are small (MiniLM's pooled output has a spread of about 0.04): at 3e-3 it stays at the majority class
-    for a whole epoch of Rotten Tomatoes. The same holds for the head of every method that leaves the pooler
-    frozen (lora, dora, ia3, bitfit, adapters, prompts): give them optim.head_lr: 3e-2.
+    The head trains at optim.head_lr, by default 3e-2: a head on frozen features learns slowly at fine-tuning rates,
+    the more so when the features are small (MiniLM's pooled output has a spread of about 0.04): at 3e-3 it stays
+    at the majority class for a whole epoch of Rotten Tomatoes. The same default applies to the head of every
+    method that leaves the pooler frozen (lora, dora, ia3, bitfit, adapters, prompts); set optim.head_lr to change it.
     """
 
     method: Literal["feature_extraction"]
@@ -68,10 +70,11 @@ class Lora(_Options):
     """LoRA (Hu et al., 2021), or DoRA (method: dora; Liu et al., 2024), through peft; the new head trains in full.
 
     Default targets per architecture are peft's (BERT query/value, Llama q_proj/v_proj, T5 q/v).
-    Recommended train.lr: 1e-3 (a full fine-tuning rate of 1e-4 or less barely moves the adapters), with
-    optim.head_lr: 3e-2 (the head sits on the frozen pooler, see feature_extraction).
+    Recommended train.lr: 1e-3 (a full fine-tuning rate of 1e-4 or less barely moves the adapters) (the head
+    trains at optim.head_lr, default 3e-2: it sits on the frozen pooler, see feature_extraction).
     """
 
+    recommended_lr: ClassVar[float | None] = 1e-3
     method: Literal["lora", "dora"]
     r: int = Field(8, gt=0, description="Rank of the update matrices.")
     alpha: int = Field(16, gt=0, description="Scale: the update is multiplied by alpha / r.")
@@ -84,9 +87,10 @@ class Lora(_Options):
 class IA3(_Options):
     """(IA)^3 (Liu et al., 2022) through peft: learned vectors rescale keys, values and feed-forward activations.
 
-    Recommended train.lr: 1e-2 (the vectors start at 1 and need large steps), with optim.head_lr: 3e-2.
+    Recommended train.lr: 1e-2 (the vectors start at 1 and need large steps); head at 3e-2 as for lora.
     """
 
+    recommended_lr: ClassVar[float | None] = 1e-2
     method: Literal["ia3"]
     target_modules: list[str] | None = Field(
         None, description="Modules whose outputs are rescaled; default per architecture."
@@ -99,10 +103,11 @@ class IA3(_Options):
 class PromptLike(_Options):
     """Prefix tuning (Li & Liang, 2021) or prompt tuning (Lester et al., 2021) through peft: trained virtual tokens.
 
-    Recommended train.lr: 1e-2 .. 3e-2 (prompt tuning often up to 3e-1), with optim.head_lr: 3e-2; they need many
+    Recommended train.lr: 1e-2 .. 3e-2 (prompt tuning often up to 3e-1), head at 3e-2 as for lora; they need many
     steps to match LoRA.
     """
 
+    recommended_lr: ClassVar[float | None] = 1e-2
     method: Literal["prefix_tuning", "prompt_tuning"]
     num_virtual_tokens: int = Field(20, gt=0, description="Number of trained virtual tokens.")
 
@@ -110,10 +115,11 @@ class PromptLike(_Options):
 class BitFit(_Options):
     """Only the bias terms (and the new head) train (Ben Zaken et al., 2021).
 
-    Recommended train.lr: 5e-3, with optim.head_lr: 3e-2 (one epoch of Rotten Tomatoes on MiniLM: 0.73 test
+    Recommended train.lr: 5e-3, head at 3e-2 as for lora (one epoch of Rotten Tomatoes on MiniLM: 0.73 test
     accuracy, against 0.59 with 2e-3 for both).
     """
 
+    recommended_lr: ClassVar[float | None] = 5e-3
     method: Literal["bitfit"]
 
 
@@ -121,9 +127,10 @@ class Adapters(LayerSelection):
     """Bottleneck adapters (Houlsby et al., 2019; Pfeiffer et al., 2020) after the output layer of each selected block.
 
     The backbone is frozen; adapters (at train.lr, with optim.layer_lr_decay by depth like LoRA) and the new head
-    (at optim.head_lr) train. No selector means every block. Recommended train.lr: 1e-3, with optim.head_lr: 3e-2.
+    (at optim.head_lr, default 3e-2) train. No selector means every block. Recommended train.lr: 1e-3.
     """
 
+    recommended_lr: ClassVar[float | None] = 1e-3
     method: Literal["adapters"]
     bottleneck: int = Field(64, gt=0, description="Hidden size of each bottleneck adapter.")
     activation: Literal["gelu", "relu", "tanh"] = Field("gelu", description="Non-linearity between the projections.")

@@ -29,7 +29,7 @@ from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as LOR
 from torch import nn
 
 from tunelab.errors import ModelError, RecipeError, RunError
-from tunelab.strategies.base import Strategy, head_modules
+from tunelab.strategies.base import FROZEN_HEAD_LR, Strategy, head_modules
 
 PEFT_METHODS = ("lora", "dora", "ia3", "prefix_tuning", "prompt_tuning")
 MERGEABLE = ("lora", "dora", "ia3")
@@ -75,6 +75,8 @@ def _defaults(mapping: dict[str, list[str]], model: nn.Module, key: str) -> list
 
 class PeftStrategy(Strategy):
     """One strategy class for every peft method; ``cfg.method`` picks the peft config."""
+
+    default_head_lr = FROZEN_HEAD_LR
 
     def __init__(self, cfg: Any, task_type: str = "classification") -> None:
         super().__init__(cfg, task_type)

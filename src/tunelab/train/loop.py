@@ -86,7 +86,7 @@ class Trainer:
         self.per_epoch = math.ceil(len(train) / recipe.train.batch_size)
         self.total = total_steps(recipe, self.per_epoch)
         self.candidates = strategy.trainable_candidates(model)
-        groups = param_groups(model, recipe, self.candidates, strategy.depth_map(model))
+        groups = param_groups(model, recipe, self.candidates, strategy.depth_map(model), strategy.default_head_lr)
         optimizer = make_optimizer(groups, recipe)
         scheduler = make_scheduler(optimizer, recipe, self.total)
         # the scheduler stays unprepared: accelerate would step it once per process, not once per optimiser step

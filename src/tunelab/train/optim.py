@@ -24,15 +24,18 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
 
 
 def param_groups(
-    model: nn.Module, recipe: Recipe, candidates: list[str], depth: dict[str, int] | None = None
+    model: nn.Module, recipe: Recipe, candidates: list[str], depth: dict[str, int] | None = None,
+    default_head_lr: float | None = None,
 ) -> list[dict]:
     """One AdamW group per (learning rate, decay) pair over the parameters that may ever train.
 
     ``candidates`` are the names the strategy may train at some point (gradual unfreezing starts with few of them
-    trainable); ``depth`` maps names to 0 (embeddings) .. N+1 (after the last block) for layer-wise decay.
+    trainable); ``depth`` maps names to 0 (embeddings) .. N+1 (after the last block) for layer-wise decay;
+    ``default_head_lr`` is the strategy's rate for the new head when the recipe sets no ``optim.head_lr``.
     """
     new = set(getattr(model, "tunelab_new_params", []))
-    lr, head_lr, decay = recipe.train.lr, recipe.optim.head_lr or recipe.train.lr, recipe.optim.layer_lr_decay
+    lr, decay = recipe.train.lr, recipe.optim.layer_lr_decay
+    head_lr = head_rate(recipe, default_head_lr)
     top = max(depth.values()) if depth else 0
     groups: dict[tuple[float, float], dict] = {}
     named = dict(model.named_parameters())
@@ -46,6 +49,11 @@ def param_groups(
         group["params"].append(param)
         group["names"].append(name)
     return list(groups.values())
+
+
+def head_rate(recipe: Recipe, default_head_lr: float | None) -> float:
+    """The new head's peak rate: optim.head_lr, else the strategy's default, else train.lr."""
+    return recipe.optim.head_lr or default_head_lr or recipe.train.lr
 
 
 def _is_new(name: str, new: set[str]) -> bool:
