@@ -62,11 +62,10 @@ def _fold(word: str) -> str:
 
 def _spanish_spellings(texts: Sequence[str]) -> dict[str, str]:
     """The most frequent spelling of every word not written in capitals, keyed by its folded form."""
+    counts = collections.Counter(word for text in texts for word in _WORD.findall(text) if not word.isupper())
     seen: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-    for text in texts:
-        for word in _WORD.findall(text):
-            if not word.isupper():
-                seen[_fold(word)][word] += 1
+    for word, n in counts.items():  # fold each distinct word once: 700k words, 30k distinct
+        seen[_fold(word)][word] += n
     return {key: forms.most_common(1)[0][0] for key, forms in seen.items()}
 
 
