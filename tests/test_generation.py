@@ -204,6 +204,22 @@ def test_batched_left_padded_generation_equals_one_by_one(tmp_path: Path, tiny_l
     assert together == alone and all(together)
 
 
+def test_generation_ends_at_a_stop_string(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    plain = recipe_for(tmp_path, tiny_llama_dir, tmp_path / "x.jsonl", {"type": "causal_lm"}, generate={"max_new_tokens": 12})
+    task = build_task(plain, tokenizer)
+    model = task.build_model()
+    full = task.generate(model, ["my laptop will not boot"], batch_size=1)[0]
+    stop = full.split()[2]  # a word the random model writes mid-answer
+    assert len(full) > full.find(stop) + len(stop)
+    stopping = recipe_for(tmp_path, tiny_llama_dir, tmp_path / "x.jsonl", {"type": "causal_lm"},
+                          generate={"max_new_tokens": 12, "stop": [stop]})
+    cut = build_task(stopping, tokenizer).generate(model, ["my laptop will not boot"], batch_size=1)[0]
+    assert cut == full[: full.find(stop)].strip() and stop not in cut
+
+
 # ---- seq2seq ------------------------------------------------------------------------------------------------------
 def test_seq2seq_labels_pad_with_minus_100_never_pad_id(tmp_path: Path, tiny_t5_dir: Path) -> None:
     from transformers import AutoTokenizer

@@ -149,6 +149,8 @@ class GenerateConfig(Strict):
     top_p: float = Field(1.0, gt=0, le=1, description="Sampling only: nucleus mass.")
     top_k: int = Field(50, ge=0, description="Sampling only: 0 = no top-k filter.")
     repetition_penalty: float = Field(1.0, gt=0)
+    stop: list[str] = Field(default_factory=list, description="Strings that end an answer (e.g. [\"\\n\"] for one-line "
+                            "outputs); the text from the first one on is cut.")
     samples: int = Field(5, ge=0, description="Held-out examples shown side by side (before/after) in the report.")
 
 

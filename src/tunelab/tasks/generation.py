@@ -121,7 +121,15 @@ def generation_kwargs(cfg: GenerateConfig, model: nn.Module, tokenizer: Any) -> 
                               "pad_token_id": pad_id(tokenizer), "use_cache": True}
     if cfg.do_sample:
         kwargs |= {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k}
+    if cfg.stop:  # transformers stops a sequence once its text ends with one of them
+        kwargs |= {"stop_strings": list(cfg.stop), "tokenizer": tokenizer}
     return kwargs
+
+
+def cut_at_stop(text: str, stop: list[str]) -> str:
+    """The text before the first stop string (generation may run a token past it, or stop on another row's)."""
+    ends = [text.find(s) for s in stop if s and s in text]
+    return text[: min(ends)] if ends else text
 
 
 def pad_id(tokenizer: Any) -> int:
@@ -151,7 +159,7 @@ def generate(model: nn.Module, tokenizer: Any, prompts: list[list[int]], cfg: Ge
         generated = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         new = generated[:, ids.shape[1]:] if decoder_only else generated
         for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
-            out[i] = text.strip()
+            out[i] = cut_at_stop(text.strip(), cfg.stop).strip()
     return out
 
 
