@@ -128,6 +128,25 @@ def test_pair_rendered_with_chat_template_and_only_answer_trains(tmp_path: Path,
     assert (batch["labels"][1] != IGNORE).sum() == task.count(features[1:])
 
 
+def test_loss_on_answers_skips_prompt_logits_and_equals_the_full_computation(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    path = write_jsonl(tmp_path / "pairs.jsonl", copy_rows(12))
+    recipe = recipe_for(tmp_path, tiny_llama_dir, path, {"type": "causal_lm"})
+    task = build_task(recipe, AutoTokenizer.from_pretrained(tiny_llama_dir))
+    features = api.prepare_data(recipe, task).splits["train"][:4]
+    batch = task.collate(features)
+    model = task.build_model()
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # every position
+    targets = torch.cat([batch["labels"][:, 1:], torch.full_like(batch["labels"][:, :1], IGNORE)], dim=1)
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
+                                                 reduction="sum")
+    seen: list[int] = []
+    model.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.shape[1]))
+    assert torch.allclose(task.loss_sum(model, batch), expected, rtol=1e-5)
+    assert seen and seen[0] < batch["input_ids"].shape[1]  # the prompt positions never reached the output layer
+
+
 def test_chat_rows_mask_all_but_assistant_turns(tmp_path: Path, tiny_llama_dir: Path) -> None:
     from transformers import AutoTokenizer
 

@@ -80,6 +80,7 @@ class CausalLMTask(GenerationTask):
         self.completion_col = columns.get("completion", "completion")
         self.messages_col = columns.get("messages", "messages")
         self.use_chat = recipe.task.chat_template and bool(getattr(tokenizer, "chat_template", None))
+        self.slice_logits = True  # until a model refuses logits_to_keep
 
     def auto_class(self) -> Any:
         from transformers import AutoModelForCausalLM
@@ -206,10 +207,24 @@ class CausalLMTask(GenerationTask):
     def loss_sum(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Summed cross-entropy of each labelled token given the tokens before it."""
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits = model(**inputs, use_cache=False).logits  # without a cache, position ids can separate packed examples
         targets = torch.cat([batch["labels"][:, 1:], torch.full_like(batch["labels"][:, :1], IGNORE)], dim=1)
+        labelled = (targets != IGNORE).any(0).nonzero()
+        first = int(labelled[0]) if len(labelled) else 0
+        # the output layer runs only from the batch's first labelled position on: with the loss on answers, the
+        # prompt's logits (tokens x vocabulary, the largest tensor of a small model's step) are never made
+        logits = self._logits(model, inputs, targets.shape[1] - first)  # without a cache, position ids can separate packed examples
+        targets = targets[:, targets.shape[1] - logits.shape[1]:]
         keep = targets != IGNORE
         return F.cross_entropy(logits[keep].float(), targets[keep], reduction="sum")
+
+    def _logits(self, model: nn.Module, inputs: dict[str, torch.Tensor], width: int) -> torch.Tensor:
+        """Logits of the last ``width`` positions, or of all where the model has no ``logits_to_keep``."""
+        if self.slice_logits:
+            try:
+                return model(**inputs, use_cache=False, logits_to_keep=width).logits
+            except TypeError:  # a model whose forward takes no such argument
+                self.slice_logits = False
+        return model(**inputs, use_cache=False).logits
 
     def build_model(self) -> nn.Module:
         model = super().build_model()
