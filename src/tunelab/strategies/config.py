@@ -70,8 +70,8 @@ class Lora(_Options):
     """LoRA (Hu et al., 2021), or DoRA (method: dora; Liu et al., 2024), through peft; the new head trains in full.
 
     Default targets per architecture are peft's (BERT query/value, Llama q_proj/v_proj, T5 q/v).
-    Recommended train.lr: 1e-3 (a full fine-tuning rate of 1e-4 or less barely moves the adapters) (the head
-    trains at optim.head_lr, default 3e-2: it sits on the frozen pooler, see feature_extraction).
+    Recommended train.lr: 1e-3: a full fine-tuning rate of 1e-4 or less barely moves the adapters. The head trains
+    at optim.head_lr, default 3e-2: it sits on the frozen pooler (see feature_extraction).
     """
 
     recommended_lr: ClassVar[float | None] = 1e-3
