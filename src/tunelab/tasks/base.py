@@ -7,12 +7,15 @@ true global count and equal one big batch), evaluates, and predicts.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
 from tunelab.data.sources import Row
+from tunelab.runfolder import publish_dir, write_json
 
 Feature = dict[str, Any]
 
@@ -51,3 +54,15 @@ class Task(Protocol):
 
     def evaluate(self, model: torch.nn.Module, features: list[Feature], batch_size: int) -> dict[str, Any]:
         """Metrics on held-out features; includes 'loss' (mean per loss term)."""
+
+
+def write_final(folder: Path, model: torch.nn.Module, strategy: Any, tokenizer: Any, record: dict[str, Any]) -> None:
+    """Write final/ whole or not at all: the model as the strategy saves it (HF folder, PEFT adapter + head, ...),
+    the tokenizer, and tunelab.json (the task's ``record`` and what the strategy says about its format)."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    info = strategy.save_model(model, tmp)
+    tokenizer.save_pretrained(tmp)
+    write_json(tmp / "tunelab.json", {**record, **info})
+    publish_dir(tmp, folder)

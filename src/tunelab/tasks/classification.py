@@ -6,7 +6,6 @@ saved folder loads in plain transformers and predicts names, not numbers.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,7 @@ from tunelab.data.sources import Row
 from tunelab.errors import ModelError
 from tunelab.evaluate.metrics import classification_metrics
 from tunelab.recipe import Recipe
-from tunelab.runfolder import publish_dir, write_json
-from tunelab.tasks.base import Feature, Prepared
+from tunelab.tasks.base import Feature, Prepared, write_final
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -158,14 +156,8 @@ class ClassificationTask:
     # ---- saving ------------------------------------------------------------------------------------------------
     def save(self, model: nn.Module, folder: Path, strategy: Any) -> None:
         """Write final/: the model in the ecosystem's format (HF folder, or PEFT adapter + head) and the tokenizer."""
-        tmp = folder.with_name(f".{folder.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        info = strategy.save_model(model, tmp)
-        self.tokenizer.save_pretrained(tmp)
         head = self.recipe.task.head.model_dump() if self.recipe.task.head.hidden else None
-        write_json(tmp / "tunelab.json", {"task": self.name, "labels": self.label_names, "head": head, **info})
-        publish_dir(tmp, folder)
+        write_final(folder, model, strategy, self.tokenizer, {"task": self.name, "labels": self.label_names, "head": head})
 
 
 def label_name(value: Any) -> str | None:

@@ -8,7 +8,6 @@ are computed once on the untouched model and once on the trained one, on the sam
 
 from __future__ import annotations
 
-import shutil
 import string
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,7 @@ from torch import nn
 from tunelab.errors import DataError, RunError
 from tunelab.evaluate.metrics import generation_metrics, perplexity
 from tunelab.recipe import GenerateConfig, Recipe
-from tunelab.runfolder import publish_dir, write_json
-from tunelab.tasks.base import Feature
+from tunelab.tasks.base import Feature, write_final
 
 IGNORE = -100  # the label value PyTorch's cross-entropy skips: prompt tokens and padding
 EVAL_TOKENS = 2048  # largest evaluation micro-batch in tokens (bounds the logits' memory: tokens x vocabulary)
@@ -232,13 +230,7 @@ class GenerationTask:
 
     def save(self, model: nn.Module, folder: Path, strategy: Any) -> None:
         """Write final/: the model in its ecosystem format (HF folder or PEFT adapter) and the tokenizer."""
-        tmp = folder.with_name(f".{folder.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        info = strategy.save_model(model, tmp)
-        self.tokenizer.save_pretrained(tmp)
-        write_json(tmp / "tunelab.json", {"task": self.name, **info})
-        publish_dir(tmp, folder)
+        write_final(folder, model, strategy, self.tokenizer, {"task": self.name})
 
 
 def side_by_side(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
