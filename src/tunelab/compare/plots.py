@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from tunelab.compare.runner import RunResult  # noqa: E402
+from tunelab.report.plots import save_figure  # noqa: E402
 
 
 def _scored(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -41,11 +42,7 @@ def metric_vs(rows: list[dict[str, Any]], key: str, label: str, metric: str, pat
     ax.set_xlabel(label)
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def loss_curves(results: list[RunResult], path: Path) -> Path:
@@ -63,11 +60,7 @@ def loss_curves(results: list[RunResult], path: Path) -> Path:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _train_loss(run_dir: Path) -> dict[int, float]:

@@ -30,6 +30,11 @@ def loss_curve(records: list[dict[str, Any]], metric: str, path: Path) -> Path:
         twin.legend(loc="upper right")
     ax.legend(loc="upper left")
     ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write (making the folder) and close a figure: every tunelab plot ends this way."""
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
