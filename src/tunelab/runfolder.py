@@ -21,7 +21,7 @@ from typing import Any
 
 from tunelab.errors import RunError
 from tunelab.recipe import Recipe, dump_recipe, load_recipe
-from tunelab.train.checkpoint import append_line, atomic_write_text
+from tunelab.io import append_line, atomic_write_text, write_json
 
 
 def new_run_dir(recipe: Recipe, name: str | None, overwrite: bool) -> Path:
@@ -125,20 +125,3 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
                 break
             raise RunError(f"{path}, line {number}: not a JSON record; the metrics log is damaged") from None
     return records
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Atomically write JSON (summary, final/tunelab.json)."""
-    atomic_write_text(path, json.dumps(value, indent=2, default=str))
-
-
-def publish_dir(tmp: Path, final: Path) -> None:
-    """Swap a fully written folder into place so ``final/`` is never half-written."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)

@@ -15,7 +15,7 @@ from tunelab.compare.presets import Invalid, Preset
 from tunelab.compare.results import markdown_table
 from tunelab.compare.runner import Plan, RunResult
 from tunelab.evaluate.memory import format_bytes
-from tunelab.train.checkpoint import atomic_write_text
+from tunelab.io import atomic_write_text
 
 
 def same_data(results: list[RunResult]) -> tuple[dict[str, str] | None, list[str]]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from tunelab.compare.runner import RunResult
 from tunelab.evaluate.memory import format_bytes
-from tunelab.train.checkpoint import atomic_write_text
+from tunelab.io import atomic_write_text
 
 _SIZE_COLUMNS = ("peak_memory_bytes", "train_rss_added_bytes")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from tunelab.evaluate.memory import format_bytes
 from tunelab.report.plots import loss_curve
-from tunelab.train.checkpoint import atomic_write_text
+from tunelab.io import atomic_write_text
 
 _SHOWN = ("accuracy", "macro_f1", "loss", "perplexity", "bleu", "chrf", "rougeL", "exact_match")
 

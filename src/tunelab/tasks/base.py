@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import torch
 
 from tunelab.data.sources import Row
-from tunelab.runfolder import publish_dir, write_json
+from tunelab.io import publish_dir, write_json
 
 Feature = dict[str, Any]
 

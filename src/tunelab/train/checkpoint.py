@@ -22,36 +22,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tunelab.errors import RunError
+from tunelab.io import atomic_write_text, fsync_dir
 
 MANIFEST = "manifest.json"
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename durable (the directory entry itself must reach the disk)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so readers see the old content or the new one, never a torn mix."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def append_line(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line and flush it to disk (metrics.jsonl survives a kill up to the last line)."""
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def _sha256(path: Path) -> str:
