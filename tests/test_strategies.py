@@ -144,8 +144,7 @@ CASES = [
     ("bert", {"method": "lora", "r": 4}),
     ("bert", {"method": "dora", "target_modules": ["query", "key", "value", "dense"]}),
     ("bert", {"method": "ia3"}),
-    ("bert", {"method": "prefix_tuning", "num_virtual_tokens": 4}),
-    ("bert", {"method": "prompt_tuning", "num_virtual_tokens": 4}),
+    ("bert", {"method": "prompt_tuning", "num_virtual_tokens": 4}),  # prefix_tuning: refused (see below)
     ("bert", {"method": "adapters", "bottleneck": 8}),
     ("bert", {"method": "adapters", "bottleneck": 8, "top": 1}),
     ("llama", {"method": "full"}),
@@ -358,12 +357,38 @@ def test_inspect_counts_what_trains(tiny_bert_dir: Path, method: str, extra: dic
     assert f"{shown['trainable']:,}" in out.getvalue()
 
 
+# ---- where each PEFT method runs, for the locked versions (requirements.lock) --------------------------------------
+# Every method in CASES runs on BERT classification, Llama causal LM and T5 seq2seq, except prefix tuning on a
+# classifier: transformers 5.24 took past_key_values out of the encoders' forward, and peft needs it there.
+def test_prefix_tuning_refusal_agrees_with_peft() -> None:
+    """Our up-front refusal matches what peft itself does on the same classes: refuse BERT, run Llama and T5."""
+    from peft import PrefixTuningConfig, TaskType, get_peft_model
+
+    from tunelab.strategies.peft_methods import prefix_refusal
+
+    assert "prompt_tuning" in prefix_refusal(BertForSequenceClassification, "classification", "tiny")
+    assert prefix_refusal(LlamaForCausalLM, "causal_lm", "tiny") is None
+    assert prefix_refusal(T5ForConditionalGeneration, "seq2seq", "tiny") is None
+    wrapped = get_peft_model(tiny_bert(), PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=4))
+    with pytest.raises(ValueError, match="past key values"):
+        wrapped(input_ids=torch.tensor([[1, 2, 3]]))
+
+
+def test_prefix_tuning_on_an_encoder_is_refused_before_any_work(tmp_path: Path, tiny_bert_dir: Path,
+                                                                toy_csv: Path) -> None:
+    recipe = make_recipe(tmp_path, tiny_bert_dir, toy_csv, strategy={"method": "prefix_tuning"})
+    with pytest.raises(RecipeError, match=r"prefix_tuning cannot run on .*BertForSequenceClassification.*prompt_tuning"):
+        api.train(recipe, name="pt")
+    assert not (tmp_path / "runs").exists()
+    shown = CliRunner().invoke(app, ["inspect", str(tiny_bert_dir), "--strategy", "prefix_tuning"])
+    assert shown.exit_code == 2 and "use prompt_tuning" in shown.output.lower().replace("\n", " ")
+
+
 # ---- save -> load -> predict, and export --merge ------------------------------------------------------------------
 ROUND_TRIPS = [
     ({"method": "full"}, {}), ({"method": "freeze", "bottom": 1}, {"hidden": [16]}),
     ({"method": "feature_extraction"}, {}), ({"method": "bitfit"}, {}), ({"method": "lora"}, {}),
     ({"method": "dora"}, {"hidden": [16]}), ({"method": "ia3"}, {}),
-    ({"method": "prefix_tuning", "num_virtual_tokens": 4}, {}),
     ({"method": "prompt_tuning", "num_virtual_tokens": 4}, {}),
     ({"method": "adapters", "bottleneck": 8}, {"hidden": [16]}), ({"method": "gradual_unfreeze", "every_steps": 1}, {}),
 ]

@@ -144,10 +144,11 @@ def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bo
 
     tokenizer = load_tokenizer(recipe.model.name, recipe.model.trust_remote_code)
     task = build_task(recipe, tokenizer)
+    strategy = make_strategy(recipe.strategy, recipe.task.type)
+    strategy.check_model_class(task.model_class(), recipe.model.name)  # refuse before reading data or weights
     data = prepare_data(recipe, task)
     seed_everything(recipe.train_seed)
     model = task.build_model()
-    strategy = make_strategy(recipe.strategy, recipe.task.type)
     warn_low_lr(recipe)
     model = strategy.apply(model)
     counts = parameter_counts(model)

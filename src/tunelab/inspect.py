@@ -74,7 +74,9 @@ def inspect_model(model_or_run: str, console: Console, *, strategy: str | None =
     _quiet_libraries()
     recipe = recipe_for(model_or_run, strategy, overrides or [])
     task = build_task(recipe, load_tokenizer(recipe.model.name, recipe.model.trust_remote_code))
-    model = make_strategy(recipe.strategy, recipe.task.type).apply(task.build_model())
+    strategy = make_strategy(recipe.strategy, recipe.task.type)
+    strategy.check_model_class(task.model_class(), recipe.model.name)
+    model = strategy.apply(task.build_model())
     table = Table(title=f"{recipe.model.name} — strategy {recipe.strategy.method}")
     for column in ("module", "total", "trainable", "frozen", "state"):
         table.add_column(column, justify="right" if column in ("total", "trainable", "frozen") else "left")

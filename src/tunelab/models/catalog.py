@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import EntryNotFoundError, HFValidationError
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from tunelab.errors import ModelError
 from tunelab.models.gguf import cache_root, convert_gguf
@@ -191,6 +191,20 @@ def load_pretrained(name: str, auto_class: Any, trust_remote_code: bool = False,
         return auto_class.from_pretrained(resolved, **load_kwargs)
     except LOAD_ERRORS as error:
         raise _load_error(name, resolved, "weights", error) from error
+
+
+def architecture_class(name: str, auto_class: Any, trust_remote_code: bool = False) -> type | None:
+    """The class ``load_pretrained(name, auto_class)`` would build, read from the config alone (no weights).
+
+    Why: strategies refuse a model they cannot run on before any data is read or weights are loaded. None when the
+    config names an architecture the auto class does not map (custom code): the check is then left to loading.
+    """
+    resolved = model_path(name)
+    try:
+        config = AutoConfig.from_pretrained(resolved, trust_remote_code=trust_remote_code)
+    except LOAD_ERRORS as error:
+        raise _load_error(name, resolved, "configuration", error) from error
+    return auto_class._model_mapping.get(type(config), None)
 
 
 def list_models() -> list[dict[str, str]]:

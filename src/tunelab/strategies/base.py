@@ -64,6 +64,10 @@ class Strategy:
         self.cfg = cfg
         self.task_type = task_type
 
+    def check_model_class(self, model_class: type | None, model_name: str) -> None:
+        """Refuse, before any data is read or weights loaded, a model this method cannot run on in the installed
+        library versions (``model_class`` is the class the task would build; None when it cannot be told)."""
+
     def apply(self, model: nn.Module) -> nn.Module:
         """Freeze or wrap the model; returns the model to train (may be a wrapper)."""
         set_trainable(model, {name for name, _ in model.named_parameters()})

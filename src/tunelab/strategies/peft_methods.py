@@ -10,9 +10,12 @@ layers that exist, instead of peft's error deep inside a run.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
+import peft
+import transformers
 from peft import (
     IA3Config,
     LoraConfig,
@@ -73,6 +76,30 @@ def _defaults(mapping: dict[str, list[str]], model: nn.Module, key: str) -> list
     return list(mapping[model_type])
 
 
+def takes_cache(model_class: type) -> bool:
+    """Whether a model's forward takes ``past_key_values``, through which peft inserts a prefix-tuning prefix."""
+    return "past_key_values" in inspect.signature(model_class.forward).parameters
+
+
+def prefix_refusal(model_class: type, task_type: str, model_name: str) -> str | None:
+    """Why prefix tuning cannot run on this model class in the installed versions, or None if it can.
+
+    For classification peft hands the prefix to the classifier's forward or its backbone's as ``past_key_values``
+    and refuses a model where neither takes it (encoders such as BERT in transformers 5.24, which dropped the
+    argument). Decoders and encoder-decoders receive it as a keyword (transformers 5.24 still accepts the name there,
+    deprecated), so they run.
+    """
+    if task_type != "classification":
+        return None
+    backbone = transformers.AutoModel._model_mapping.get(getattr(model_class, "config_class", None), None)
+    if takes_cache(model_class) or (backbone is not None and takes_cache(backbone)):
+        return None
+    versions = f"transformers {transformers.__version__} and peft {peft.__version__}"
+    return (f"strategy prefix_tuning cannot run on model '{model_name}' ({model_class.__name__}) with {versions}: "
+            "peft inserts the prefix as a key/value cache (past_key_values), which this model's forward does not "
+            "take. Use prompt_tuning (trained virtual tokens in the input), lora or ia3 instead.")
+
+
 class PeftStrategy(Strategy):
     """One strategy class for every peft method; ``cfg.method`` picks the peft config."""
 
@@ -113,6 +140,13 @@ class PeftStrategy(Strategy):
             return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=c.num_virtual_tokens,
                                       token_dim=token_dim, modules_to_save=heads)
         return PromptTuningConfig(task_type=task_type, num_virtual_tokens=c.num_virtual_tokens, modules_to_save=heads)
+
+    def check_model_class(self, model_class: type | None, model_name: str) -> None:
+        """Prefix tuning needs a model that takes a key/value cache (see ``prefix_refusal``)."""
+        if self.cfg.method == "prefix_tuning" and model_class is not None:
+            reason = prefix_refusal(model_class, self.task_type, model_name)
+            if reason:
+                raise RecipeError(reason)
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Wrap the model; the wrapper's ``tunelab_new_params`` names the trainable copy of the head."""

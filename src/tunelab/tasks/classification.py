@@ -12,10 +12,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import AutoModelForSequenceClassification
 
 from tunelab.data.sources import Row
 from tunelab.errors import ModelError
 from tunelab.evaluate.metrics import classification_metrics
+from tunelab.models import architecture_class, load_pretrained
 from tunelab.recipe import Recipe
 from tunelab.tasks.base import Feature, Prepared, write_final
 
@@ -89,11 +91,12 @@ class ClassificationTask:
         }
 
     # ---- model and loss ----------------------------------------------------------------------------------------
+    def model_class(self) -> type | None:
+        """The class ``build_model`` makes, read from the config alone (strategies refuse what they cannot run on)."""
+        return architecture_class(self.recipe.model.name, AutoModelForSequenceClassification,
+                                  self.recipe.model.trust_remote_code)
+
     def build_model(self) -> nn.Module:
-        from transformers import AutoModelForSequenceClassification
-
-        from tunelab.models import load_pretrained
-
         model, info = load_pretrained(
             self.recipe.model.name,
             AutoModelForSequenceClassification,

@@ -177,6 +177,12 @@ class GenerationTask:
         """The transformers Auto class that builds this task's model."""
         raise NotImplementedError
 
+    def model_class(self) -> type | None:
+        """The class ``build_model`` makes, read from the config alone (strategies refuse what they cannot run on)."""
+        from tunelab.models import architecture_class
+
+        return architecture_class(self.recipe.model.name, self.auto_class(), self.recipe.model.trust_remote_code)
+
     def build_model(self) -> nn.Module:
         """The pretrained model with its own language-model head: nothing is new, so nothing trains by default."""
         from tunelab.models import load_pretrained
