@@ -1,5 +1,6 @@
 """The offline model catalog: name resolution, useful errors, packaged models, GGUF conversion."""
 
+import json
 import os
 import time
 import warnings
@@ -200,3 +201,19 @@ def test_smollm2_second_call_reuses_folder(converted: tuple[str, float]) -> None
     assert {p.name: p.stat().st_mtime_ns for p in Path(folder).iterdir()} == before
     row = next(row for row in list_models() if row["name"] == "smollm2-135m-instruct")
     assert row["status"] == f"ready: {folder}"
+
+
+@pytest.mark.real
+def test_smollm2_conversion_made_by_other_versions_is_redone(converted: tuple[str, float]) -> None:
+    """An upgrade of transformers/gguf/torch never reuses a conversion made by the old versions."""
+    folder, _ = converted
+    stamp_file = Path(folder) / "tunelab_source.json"
+    stamp = json.loads(stamp_file.read_text())
+    assert set(stamp["versions"]) == {"transformers", "gguf", "torch"} and len(stamp["gguf_sha256"]) == 64
+    stale = {**stamp, "versions": {**stamp["versions"], "transformers": "5.0.0"}}
+    stamp_file.write_text(json.dumps(stale))
+    weights = Path(folder) / "model.safetensors"
+    old_mtime = weights.stat().st_mtime_ns
+    assert model_path("smollm2-135m-instruct") == folder
+    assert json.loads(stamp_file.read_text()) == stamp  # converted again, stamped with today's versions
+    assert weights.stat().st_mtime_ns != old_mtime

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -108,13 +109,20 @@ def test_existing_run_folder_is_never_overwritten(tmp_path: Path, tiny_bert_dir:
     assert marker.read_bytes() == before
 
 
+def free_port() -> int:
+    """A port nothing listens on now (a fixed one collides with another run of the suite on the same machine)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_two_processes_equal_one(tmp_path: Path, nodrop_bert_dir: Path, toy_csv: Path) -> None:
     """accelerate launch --multi_gpu --num_processes 2 (torchrun + gloo on CPU) with the same global batch: same weights."""
     recipe = make_recipe(tmp_path, nodrop_bert_dir, toy_csv, train={"max_steps": 4, "eval_every": 4})
     single = api.train(recipe, name="single")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
                "-m", "tunelab", "train", str(recipe), "--name", "double"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
