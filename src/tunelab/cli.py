@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tunelab.errors import TunelabError
+from tunelab.runfolder import check_name
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="tunelab: fine-tune pretrained models with every strategy, and see honestly which one wins.")
@@ -46,9 +47,11 @@ def read_inputs(given: list[str] | None, file: Path | None, missing: str) -> lis
 def train(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML, or a run folder to resume.")],
     set_: Overrides = None,
-    name: Annotated[Optional[str], typer.Option(help="Run folder name (default: recipe name + time).")] = None,
+    name: Annotated[Optional[str], typer.Option(
+        help="Run folder name under output.dir: letters, digits, '.', '_', '-' (default: recipe name + time).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the named run from its newest complete checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder of the same name.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace an existing run folder of the same name (only one tunelab wrote).")] = False,
 ) -> None:
     """Fine-tune as the recipe says; evaluate before and after; write a run folder.
 
@@ -62,6 +65,8 @@ def train(
     """
     from tunelab import api
 
+    if name is not None:  # before any data or model is loaded: a path here could point --overwrite anywhere
+        _run(check_name, name)
     run_dir = _run(api.train, recipe, name=name, overwrite=overwrite, resume=resume, overrides=set_)
     if int(os.environ.get("RANK", "0")) == 0:  # one summary, not one per process
         _print_summary(run_dir)

@@ -1,7 +1,7 @@
 """The run folder: everything a user needs after training, laid out the same way for every run.
 
 ```
-runs/<name>/recipe.yaml      the resolved recipe (defaults filled in)
+runs/<name>/recipe.yaml      the resolved recipe (defaults filled in); its first line marks the folder as tunelab's
             metrics.jsonl    one JSON record per log/eval event
             summary.json     before/after metrics, data counts, parameters, drift, time, memory
             report.md/.html  the same for people, with plots/
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -24,24 +25,60 @@ from tunelab.recipe import Recipe, dump_recipe, load_recipe
 from tunelab.io import append_line, atomic_write_text, write_json
 
 
-def new_run_dir(recipe: Recipe, name: str | None, overwrite: bool) -> Path:
-    """Create the run folder; an existing one is never replaced unless ``overwrite`` is given.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
+RUN_MARKER = "# tunelab run folder: written by tunelab train; --overwrite may replace this folder\n"
 
-    The folder is filled as a hidden temporary one and renamed into place, so a kill can never leave a run
-    folder without its recipe.yaml (which no command could then resume or replace without --overwrite).
-    """
-    name = name or f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+def check_name(name: str, what: str = "--name") -> str:
+    """A folder name must be one plain path component: a name with '/' or '..' would reach outside the output folder,
+    where --overwrite would delete whatever it points at."""
+    if not NAME_PATTERN.fullmatch(name) or name.startswith("."):
+        raise RunError(f"{what} '{name}' is not a plain folder name: use letters, digits, '.', '_' and '-', not starting "
+                       "with '.' (no '/' and no '..'); the folder always goes under the output folder")
+    return name
+
+
+def is_tunelab_run(folder: Path) -> bool:
+    """Whether tunelab wrote this folder: its recipe.yaml carries the run marker, or (runs from before the marker)
+    it has recipe.yaml and metrics.jsonl or summary.json. Only such a folder may be replaced by --overwrite."""
+    recipe = folder / "recipe.yaml"
+    if not recipe.is_file():
+        return False
+    with recipe.open(encoding="utf-8", errors="replace") as handle:
+        if handle.readline() == RUN_MARKER:
+            return True
+    return (folder / "metrics.jsonl").is_file() or (folder / "summary.json").is_file()
+
+
+def run_dir_for(recipe: Recipe, name: str | None, overwrite: bool) -> Path:
+    """The run folder a new run would get, checked before any work: a plain name, and an existing folder only with
+    ``overwrite`` and only if tunelab wrote it (so --overwrite never deletes a folder of the user's)."""
+    name = check_name(name) if name else check_name(f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}", "recipe name")
     run_dir = Path(recipe.output.dir) / name
     if run_dir.exists() and not overwrite:
         raise RunError(
             f"{run_dir} already exists; pass --resume to continue it, --overwrite to replace it, or --name for a new one"
         )
+    if run_dir.exists() and not is_tunelab_run(run_dir):
+        raise RunError(f"{run_dir} exists but is not a tunelab run folder (no recipe.yaml written by tunelab train), so "
+                       "--overwrite will not delete it. Move or delete it yourself, or choose another --name.")
+    return run_dir
+
+
+def new_run_dir(recipe: Recipe, name: str | None, overwrite: bool) -> Path:
+    """Create the run folder; an existing one is never replaced unless ``overwrite`` is given and tunelab wrote it.
+
+    The folder is filled as a hidden temporary one and renamed into place, so a kill can never leave a run
+    folder without its recipe.yaml (which no command could then resume or replace without --overwrite). The
+    recipe.yaml starts with the run marker, which is what lets a later --overwrite replace the folder.
+    """
+    run_dir = run_dir_for(recipe, name, overwrite)
     require_free_space(run_dir, MIN_FREE_BYTES)
     tmp = run_dir.with_name(f".{run_dir.name}.new")
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        atomic_write_text(tmp / "recipe.yaml", dump_recipe(recipe))
+        atomic_write_text(tmp / "recipe.yaml", RUN_MARKER + dump_recipe(recipe))
         if run_dir.exists():
             old = run_dir.with_name(f".{run_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)
