@@ -22,8 +22,8 @@ from tunelab import api
 from tunelab.cli import app
 from tunelab.compare import compare
 from tunelab.compare.presets import DEFAULT_BUDGET_STEPS, PRESETS, load_strategy_file, parse_budget, pick_variants
-from tunelab.compare.results import aggregate, metric_split, pareto_front
-from tunelab.compare.runner import RunResult
+from tunelab.compare.results import aggregate, markdown_table, one_off_seconds, pareto_front
+from tunelab.compare.runner import COMPARE_MARKER, RunResult
 from tunelab.errors import RecipeError, RunError
 from tunelab.models import load_tokenizer
 from tunelab.recipe import load_recipe
@@ -118,9 +118,12 @@ def test_results_report_and_plots(setup: dict) -> None:
     assert full["lr"] == PRESETS["full"].lr and head["lr"] == PRESETS["feature-extraction"].lr
     assert full["head_lr"] == full["lr"] and head["head_lr"] == 3e-2  # the run's own record of its head rate
     assert head["weight_drift"] > 0.0 and full["weight_drift"] > 0.0  # the head moves in both (at 3e-2 vs 1e-4)
-    assert full["before_mean"] is not None and full["metric_sd"] is None and len(full["metric_values"]) == 1
+    assert full["before_mean"] is not None and full["validation_sd"] is None and len(full["validation_values"]) == 1
+    assert len(full["test_values"]) == 1 and {full["rank"], head["rank"]} <= {1, 2}
     folder = result.folder
     report = (folder / "report.md").read_text()
+    assert "**Decided on validation**" in report and "chose nothing" in report
+    assert "validation accuracy: decides" in result.table and "test accuracy: reported only" in result.table
     assert "2 optimiser steps per variant" in report and "Seeds: 0." in report and "torch" in report
     assert "every finished run trained and was evaluated on the same examples" in report
     assert result.table in report and "| full | 1.0e-04 |" in result.table and "| feature-extraction | 1.0e-03 (3.0e-02) |" in result.table
@@ -130,21 +133,25 @@ def test_results_report_and_plots(setup: dict) -> None:
         assert (folder / "plots" / f"{plot}.png").stat().st_size > 5000
     saved = json.loads((folder / "results.json").read_text())
     assert len(saved["runs"]) == 4 and saved["machine"]["logical_cores"] >= 1
+    assert saved["decided_by"] == "validation" and saved["reported"] == "test"
+    with (folder / "results.csv").open() as handle:
+        first = next(csv.DictReader(handle))
+    assert first["decided_by"] == "validation" and first["rank"] in ("1", "2") and float(first["test_mean"]) >= 0
 
 
 def test_mean_and_spread_over_seeds(setup: dict) -> None:
     """Aggregation over seeds, on the real summary with a second seed's score changed."""
     real = next(r for r in setup["result"].results if r.variant == "full")
     other = copy.deepcopy(real.summary)
-    split = metric_split(other)
-    other["after"][split]["accuracy"] = real.summary["after"][split]["accuracy"] + 0.1
+    for split, change in (("validation", 0.1), ("test", -0.2)):
+        other["after"][split]["accuracy"] = real.summary["after"][split]["accuracy"] + change
     twin = RunResult("full", 1, "done", real.run_dir, other, lr=real.lr)
     failed = RunResult("full", 2, "failed", error="boom", lr=real.lr)
     row = aggregate([real, twin, failed], "accuracy")[0]
-    first = real.summary["after"][split]["accuracy"]
     assert row["status"] == "2/3 seeds" and row["errors"] == {2: "boom"}
-    assert row["metric_mean"] == pytest.approx(first + 0.05)
-    assert row["metric_sd"] == pytest.approx(0.1 / 2**0.5)
+    for split, change in (("validation", 0.1), ("test", -0.2)):
+        assert row[f"{split}_mean"] == pytest.approx(real.summary["after"][split]["accuracy"] + change / 2)
+        assert row[f"{split}_sd"] == pytest.approx(abs(change) / 2**0.5)
 
 
 def test_resume_skips_finished_variants(setup: dict) -> None:
@@ -207,3 +214,106 @@ def test_pareto_front() -> None:
     # (memory, score): the cheapest, the best, and one between that beats nothing
     points = [(100, 0.70), (300, 0.90), (200, 0.80), (250, 0.75), (300, 0.85)]
     assert pareto_front(points) == {0, 1, 2}
+
+
+# ---- choose on validation, report on test; one-off cost apart; folders compare may write or delete ---------------
+
+
+def summary(validation: float, test: float, *, memory: int = 100 * 2**20, steps: int = 40, train_seconds: float = 20.0,
+            examples_per_second: float = 64.0, **extra: object) -> dict:
+    """A run summary with only what aggregation reads (the shape api.train writes)."""
+    return {"strategy": "full", "learning_rates": {"lr": 1e-4, "head_lr": 1e-4},
+            "after": {"validation": {"accuracy": validation}, "test": {"accuracy": test}},
+            "before": {"validation": {"accuracy": 0.5}, "test": {"accuracy": 0.5}},
+            "best": {"metric": "accuracy", "value": validation, "step": steps},
+            "parameters": {"trainable": 10, "total": 100, "trainable_share": 0.1}, "peak_rss_bytes": memory,
+            "steps": steps, "train_seconds": train_seconds, "examples_per_second": examples_per_second,
+            "wall_seconds": train_seconds + 5, "data": {"fingerprint": {"train": "x"}}, "speedups": {}, **extra}
+
+
+def test_rank_and_pareto_front_come_from_validation_never_test() -> None:
+    """'a' wins on validation and loses on test, 'b' the reverse, at equal memory: 'a' ranks first and alone holds
+    the front (the old code ranked on test and put 'b' there)."""
+    results = [RunResult("a", 0, "done", summary=summary(0.90, 0.70), lr=1e-4),
+               RunResult("b", 0, "done", summary=summary(0.80, 0.95), lr=1e-4),
+               RunResult("broken", 0, "failed", error="boom", lr=1e-4)]
+    rows = {r["variant"]: r for r in aggregate(results, "accuracy")}
+    assert rows["a"]["pareto_memory"] and not rows["b"]["pareto_memory"]
+    assert (rows["a"]["rank"], rows["b"]["rank"], rows["broken"]["rank"]) == (1, 2, None)
+    assert (rows["a"]["validation_mean"], rows["a"]["test_mean"]) == (0.90, 0.70)
+    assert all(r["decided_by"] == "validation" for r in rows.values())
+    table = markdown_table(list(rows.values()), "accuracy")
+    assert "| rank (validation) | validation accuracy: decides (mean ± sd, n) | test accuracy: reported only |" in table
+    assert "| a | 1.0e-04 | 1 | 0.9000 (1) | 0.7000 (1) |" in table
+    # a metric the recipe minimises (eval.mode: min) ranks the lowest validation figure first
+    low = {r["variant"]: r for r in aggregate(results, "accuracy", "min")}
+    assert (low["a"]["rank"], low["b"]["rank"]) == (2, 1) and low["b"]["pareto_memory"] and not low["a"]["pareto_memory"]
+
+
+def test_one_off_work_has_its_own_column_and_stays_out_of_per_step_cost() -> None:
+    """40 steps in 20 s of which 12 s built the cache: 0.2 s/step, not 0.5, and 2.5x the examples/s."""
+    recorded = summary(0.8, 0.8, one_off_seconds=12.0)
+    from_note = summary(0.8, 0.8, speedups={"head_cache": "on: head inputs of 48 examples cached (0.1 MiB, built in 12.0 s)"})
+    abandoned = summary(0.8, 0.8, speedups={"boundary_cache": "off: logits through the cache differ"})
+    plain = summary(0.8, 0.8)
+    results = [RunResult(name, 0, "done", summary=s, lr=1e-4)
+               for name, s in (("recorded", recorded), ("from-note", from_note), ("abandoned", abandoned), ("plain", plain))]
+    rows = {r["variant"]: r for r in aggregate(results, "accuracy")}
+    for name in ("recorded", "from-note"):
+        assert rows[name]["seconds_per_step"] == pytest.approx(0.2)
+        assert rows[name]["examples_per_second"] == pytest.approx(64.0 * 20 / 8)
+        assert rows[name]["one_off_seconds"] == 12.0 and rows[name]["train_seconds"] == 20.0
+    assert [one_off_seconds(s) for s in (recorded, from_note, abandoned, plain)] == [12.0, 12.0, None, 0.0]
+    assert rows["plain"]["one_off_seconds"] == 0.0 and rows["plain"]["seconds_per_step"] == pytest.approx(0.5)
+    assert rows["abandoned"]["one_off_seconds"] is None and rows["abandoned"]["seconds_per_step"] == pytest.approx(0.5)
+    table = markdown_table(list(rows.values()), "accuracy")
+    assert "| one-off s | s/step | examples/s | train s |" in table
+    assert "| 12.0 | 0.200 | 160.0 | 20.0 |" in table and "| ? | 0.500 | 64.0 | 20.0 |" in table
+
+
+def test_compare_name_is_a_plain_folder_name(tmp_path: Path, tiny_bert_dir: Path, toy_csv: Path) -> None:
+    """--name /elsewhere (or ../elsewhere) with --overwrite deleted that folder before; now it is refused, untouched."""
+    recipe = make_recipe(tmp_path, tiny_bert_dir, toy_csv)
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    for name in (str(precious), "../precious", "a/b", "..", ".hidden"):
+        with pytest.raises(RunError, match="not a plain folder name"):
+            compare(recipe, strategies=[], strategy_file=_only_invalid(tmp_path), name=name, out=tmp_path / "out",
+                    overwrite=True, echo=print)
+    out = CliRunner().invoke(app, ["compare", str(recipe), "--name", str(precious), "--overwrite", "--out", str(tmp_path)])
+    assert out.exit_code == 2 and "not a plain folder name" in out.output
+    assert (precious / "thesis.tex").read_text() == "years of work"
+
+
+def test_compare_writes_into_or_deletes_only_its_own_folders(tmp_path: Path, tiny_bert_dir: Path, toy_csv: Path) -> None:
+    recipe = make_recipe(tmp_path, tiny_bert_dir, toy_csv)
+    mine = tmp_path / "out" / "mine"
+    mine.mkdir(parents=True)
+    (mine / "report.md").write_text("my own notes")
+    for overwrite in (False, True):
+        with pytest.raises(RunError, match=r"out/mine exists but is not a tunelab comparison.*Move or delete it"):
+            compare(recipe, strategies=[], strategy_file=_only_invalid(tmp_path), name="mine", out=tmp_path / "out",
+                    overwrite=overwrite, echo=print)
+    assert (mine / "report.md").read_text() == "my own notes" and sorted(p.name for p in mine.iterdir()) == ["report.md"]
+    # a comparison's own folder (its marker) is resumed into, and replaced with --overwrite
+    made = compare(recipe, strategies=[], strategy_file=_only_invalid(tmp_path), name="ours", out=tmp_path / "out", echo=print)
+    assert (made.folder / COMPARE_MARKER).is_file() and (made.folder / "report.md").is_file()
+    (made.folder / "stale.txt").write_text("x")
+    again = compare(recipe, strategies=[], strategy_file=_only_invalid(tmp_path), name="ours", out=tmp_path / "out",
+                    overwrite=True, echo=print)
+    assert not (again.folder / "stale.txt").exists() and (again.folder / COMPARE_MARKER).is_file()
+    # a comparison from before the marker is known by its results.json
+    legacy = tmp_path / "out" / "legacy"
+    legacy.mkdir()
+    (legacy / "results.json").write_text(json.dumps({"budget": "2 steps", "variants": [], "runs": []}))
+    compare(recipe, strategies=[], strategy_file=_only_invalid(tmp_path), name="legacy", out=tmp_path / "out",
+            overwrite=True, echo=print)
+    assert (legacy / COMPARE_MARKER).is_file()
+
+
+def _only_invalid(tmp_path: Path) -> Path:
+    """A strategy file whose one variant is refused up front: a comparison that starts no process."""
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(TYPO), encoding="utf-8")
+    return path

@@ -41,14 +41,17 @@ def compare(
     budget: Annotated[Optional[str], typer.Option(
         help="Per variant: steps (300), epochs (2ep), wall-clock training time (90s, 5m), or 'recipe' for "
              "the recipe's own epochs/steps. Default: 200 steps.")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Folder under --out (default: the recipe name).")] = None,
+    name: Annotated[Optional[str], typer.Option(
+        help="Folder under --out: letters, digits, '.', '_', '-' (default: the recipe name).")] = None,
     out: Annotated[Path, typer.Option(help="Parent folder of comparisons.")] = Path("compare"),
     set_: Overrides = None,
-    overwrite: Annotated[bool, typer.Option(help="Discard an earlier comparison of the same name instead of resuming it.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Discard an earlier comparison of the same name instead of resuming it (only a folder compare wrote).")] = False,
 ) -> None:
     """Train one recipe with several strategies on identical data, splits and budget; print and write the table.
 
-    Each variant runs in its own process. Rerunning the same command resumes an interrupted comparison.
+    Variants are ranked on validation; test is shown beside it and chooses nothing. Each variant runs in its own
+    process. Rerunning the same command resumes an interrupted comparison.
 
     Examples:
 

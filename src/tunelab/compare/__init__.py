@@ -3,21 +3,22 @@
 ``compare(recipe)`` runs every variant (a strategy preset with its learning rate) at every seed in its own process,
 then writes ``compare/<name>/``: report.md, report.html with plots, results.csv, results.json, and runs/ (one ordinary
 run folder per variant and seed), logs/ (each process's output). Rerunning the same command resumes: finished
-variants are skipped.
+variants are skipped. Variants are ranked on validation; test is reported beside it and chooses nothing.
+``--name`` is one plain folder name under ``--out``, and ``--overwrite`` deletes only a folder that compare wrote.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunelab.compare.presets import DEFAULT_PRESETS, PRESETS, Invalid, Preset, load_strategy_file, parse_budget, pick_variants
-from tunelab.compare.runner import Plan, RunResult, machine_info, run_comparison
+from tunelab.compare.runner import Plan, RunResult, machine_info, prepare_folder, run_comparison
 from tunelab.recipe import load_recipe
+from tunelab.runfolder import check_name
 
 __all__ = ["Comparison", "compare", "PRESETS", "DEFAULT_PRESETS"]
 
@@ -41,31 +42,32 @@ def compare(recipe: str | Path, *, strategies: list[str] | None = None, strategy
     ``strategies`` names presets (default: all of them, or only the strategy file's variants when a file is given);
     ``budget`` is ``None`` (200 steps), ``recipe`` (the recipe's own), a step count ``300``, epochs ``2ep`` or a time ``5m``; ``seeds``
     vary the training seed only (default: the recipe's). ``overrides`` (``KEY=VALUE``) apply to every variant.
+    ``name`` must be a plain folder name; ``overwrite`` replaces only an earlier comparison, never another folder.
     """
     from tunelab.compare.plots import all_plots
     from tunelab.compare.report import write_report
-    from tunelab.compare.results import aggregate, markdown_table, write_results
+    from tunelab.compare.results import DECIDES, REPORTED, aggregate, markdown_table, write_results
 
     recipe_path = Path(recipe)
     base = load_recipe(recipe_path, overrides)
     custom: dict[str, Preset | Invalid] = load_strategy_file(Path(strategy_file), base.train.lr) if strategy_file else {}
     names = strategies if strategies is not None else ([] if custom else DEFAULT_PRESETS)
-    folder = Path(out) / (name or base.name)
-    if overwrite and folder.exists():
-        shutil.rmtree(folder)
+    folder = Path(out) / (check_name(name) if name else check_name(base.name, "recipe name"))
     plan = Plan(recipe_path, folder, pick_variants(names, custom), seeds or [base.train_seed], parse_budget(budget),
                 list(overrides or []))
+    prepare_folder(folder, overwrite)  # only once every argument is known to be good
     machine = machine_info()
     echo(f"comparing {len(plan.variants)} variants x {len(plan.seeds)} seed(s) in {folder}; budget: {plan.budget.describe()}")
     results = run_comparison(plan, echo)
     metric = base.eval.metric
-    rows = aggregate(results, metric)
+    rows = aggregate(results, metric, base.eval.mode)
     first = next((r.summary for r in results if r.summary), {})
     meta = {
         "recipe": {"path": str(recipe_path), "model": base.model.name, "task": base.task.type,
                    "data": base.data.dataset or base.data.train, "seed": base.seed, "batch_size": base.train.batch_size},
         "rows": ", ".join(f"{k} {v}" for k, v in first.get("data", {}).get("rows", {}).items()) or "no run finished",
-        "metric": metric, "budget": plan.budget.describe(), "seeds": plan.seeds, "overrides": plan.overrides,
+        "metric": metric, "mode": base.eval.mode, "decided_by": DECIDES, "reported": REPORTED,
+        "budget": plan.budget.describe(), "seeds": plan.seeds, "overrides": plan.overrides,
         "machine": machine, "load_average_end": round(os.getloadavg()[0], 2),
     }
     plots = all_plots(rows, results, metric, folder)

@@ -101,8 +101,9 @@ def load_strategy_file(path: Path, default_lr: float) -> dict[str, Preset | Inva
 
 
 def _check_name(name: str, where: str) -> None:
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise RecipeError(f"{where}: variant name '{name}' may use only letters, digits, '.', '_' and '-' (it names a folder)")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name.startswith("."):
+        raise RecipeError(f"{where}: variant name '{name}' may use only letters, digits, '.', '_' and '-', not starting "
+                          "with '.' (it names a folder)")
 
 
 def pick_variants(names: list[str], custom: dict[str, Preset | Invalid]) -> list[Preset | Invalid]:

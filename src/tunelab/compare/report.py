@@ -1,18 +1,18 @@
 """report.md and report.html of a comparison: the table, and everything a reader needs to judge its fairness.
 
-The HTML page is the Markdown rendered by markdown-it (which rich already depends on), so the two never disagree.
+The report says which split decided (validation) and which is only reported (test). The HTML page is the Markdown
+rendered by markdown-it (which rich already depends on), so the two never disagree.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from markdown_it import MarkdownIt
 
 from tunelab.compare.presets import Invalid, Preset
-from tunelab.compare.results import markdown_table
+from tunelab.compare.results import DECIDES, REPORTED, markdown_table
 from tunelab.compare.runner import Plan, RunResult
 from tunelab.evaluate.memory import format_bytes
 from tunelab.io import atomic_write_text
@@ -48,8 +48,9 @@ def markdown(plan: Plan, rows: list[dict[str, Any]], results: list[RunResult], m
     lines = [
         f"# Comparison {plan.folder.name}", "",
         f"Recipe `{plan.recipe_path}`: model **{recipe['model']}**, task **{recipe['task']}**, data **{recipe['data']}** "
-        f"({meta['rows']}). Compared: **{metric}** on the {rows_split(rows)} split, of the checkpoint each run chose "
-        "on validation.", "",
+        f"({meta['rows']}). Compared: **{metric}** of the checkpoint each run chose on validation. "
+        f"**Decided on {DECIDES}**: the rank and the Pareto front use the {DECIDES} figures only; the {REPORTED} "
+        f"figures stand beside them, reported only, and chose nothing (no variant, checkpoint or front).", "",
         "## Fairness", "",
         f"- Data: {data_line}. The split is fixed by the recipe seed ({recipe['seed']}); `--seeds` vary only "
         "`train.seed` (head initialisation, dropout, batch order).",
@@ -65,19 +66,24 @@ def markdown(plan: Plan, rows: list[dict[str, Any]], results: list[RunResult], m
         *[_variant_line(v) for v in plan.variants], "",
         "## Results", "",
         markdown_table(rows, metric), "",
-        f"- **{metric}**: mean over the seeds that finished, ± the sample standard deviation, (number of seeds). "
+        f"- **rank ({DECIDES})**: 1 is the best {DECIDES} mean ({_direction(meta)}); equal means share a rank. "
+        f"**{metric}**: mean over the seeds that finished, ± the sample standard deviation, (number of seeds), on "
+        f"{DECIDES} (which decides) and on {REPORTED} (an estimate on unseen data, never used to choose). "
         "**before**: the same model with its new head, before any training (the zero-shot figure; a fresh random "
         "head scores near chance).",
-        *_baseline(results, rows),
+        *_baseline(results),
         "- **trainable / share**: parameters the optimiser updates when training starts (gradual unfreezing starts "
         "with the head and adds blocks later).",
         f"- **{rows_memory(rows)}**: measured, the high-water mark of the whole training process (on CPU it includes "
         "Python, torch, the tokenizer and the data). **RSS added in training**: the peak during the training loop "
         "minus the resident memory when it started, sampled every 20 ms: the part the strategy changes.",
-        "- **s/step**, **examples/s**, **train s**: optimiser steps only, evaluation excluded. **weight drift**: "
+        "- **one-off s**: work done once before the first step (building the frozen-prefix or feature cache); "
+        "**s/step** and **examples/s**: the steady cost of the optimiser steps, without it (a '?' one-off is a cache "
+        "build that was tried and turned off: its time is unknown and stays in that row's per-step figures); "
+        "**train s**: both together. Evaluation is excluded from all of them. **weight drift**: "
         "‖θ_after − θ_before‖ / ‖θ_after‖ over every parameter the trained model holds, the new head and any adapter "
         "included (so it is not zero for feature extraction). **Pareto (memory)** ★: no other variant "
-        "uses less memory and scores higher.", "",
+        f"uses less memory and scores better on {DECIDES}.", "",
     ]
     failed = [r for r in results if r.status == "failed"]
     if failed:
@@ -90,13 +96,17 @@ def markdown(plan: Plan, rows: list[dict[str, Any]], results: list[RunResult], m
     return "\n".join(lines)
 
 
-def _baseline(results: list[RunResult], rows: list[dict[str, Any]]) -> list[str]:
-    """The majority-class score, so a figure equal to it reads as 'learnt nothing yet'."""
+def _baseline(results: list[RunResult]) -> list[str]:
+    """The majority-class score on each split, so a figure equal to it reads as 'learnt nothing yet'."""
     baseline = next((r.summary["majority_baseline"] for r in results if r.summary and "majority_baseline" in r.summary), None)
-    split = rows_split(rows)
-    if not baseline or split not in baseline:
+    shown = [f"{split} {baseline[split]:.4f}" for split in (DECIDES, REPORTED) if baseline and split in baseline]
+    if not shown:
         return []
-    return [f"- **Majority-class baseline** on {split}: {baseline[split]:.4f} (always predicting the most frequent label)."]
+    return [f"- **Majority-class baseline**: {', '.join(shown)} (always predicting the most frequent label)."]
+
+
+def _direction(meta: dict[str, Any]) -> str:
+    return "lowest, as the recipe minimises it" if meta.get("mode") == "min" else "highest"
 
 
 def _reused(results: list[RunResult]) -> str:
@@ -119,11 +129,6 @@ def _speed_line(results: list[RunResult]) -> str:
         else:
             parts += [f"{variant} {key}: {value}" for variant, value in values.items() if value is not None]
     return "; ".join(parts) or "defaults"
-
-
-def rows_split(rows: list[dict[str, Any]]) -> str:
-    """The split the compared metric comes from (test unless the runs had none)."""
-    return next((r["split"] for r in rows if "split" in r), "test")
 
 
 def rows_memory(rows: list[dict[str, Any]]) -> str:

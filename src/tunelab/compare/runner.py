@@ -14,6 +14,7 @@ comparison spreads over all variants instead of hitting one.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from typing import Any, Literal
 from tunelab.compare.presets import Budget, Invalid, Preset, gradual_unfreeze_stages
 from tunelab.errors import RunError, TunelabError
 from tunelab.recipe import Recipe, load_recipe
+from tunelab.runfolder import is_tunelab_run
 from tunelab.train.checkpoint import complete_checkpoints
 
 Status = Literal["done", "finished-before", "failed"]
@@ -58,6 +60,44 @@ class RunResult:
     summary: dict[str, Any] | None = None
     error: str | None = None
     lr: float | None = None
+
+
+COMPARE_MARKER = ".tunelab-compare"
+
+
+def is_comparison(folder: Path) -> bool:
+    """Whether ``tunelab compare`` wrote this folder: its marker, or (older comparisons) results.json, or a runs/
+    folder holding only tunelab run folders. Only such a folder may be resumed into or replaced by --overwrite."""
+    if (folder / COMPARE_MARKER).is_file() or _compare_results(folder / "results.json"):
+        return True
+    runs = [p for p in (folder / "runs").iterdir() if not p.name.startswith(".")] if (folder / "runs").is_dir() else []
+    return bool(runs) and all(p.is_dir() and is_tunelab_run(p) for p in runs)
+
+
+def _compare_results(path: Path) -> bool:
+    """Whether this is a results.json that compare wrote (not any JSON file of that name)."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and {"variants", "runs", "budget"} <= saved.keys()
+
+
+def prepare_folder(folder: Path, overwrite: bool) -> None:
+    """Make the comparison folder, or reuse (resume) or replace (``overwrite``) one that compare wrote earlier.
+
+    A folder of the user's is refused, not written into or deleted: --name and --out could point anywhere.
+    """
+    if folder.exists() and not (folder.is_dir() and (is_comparison(folder) or not any(folder.iterdir()))):
+        raise RunError(f"{folder} exists but is not a tunelab comparison (no {COMPARE_MARKER} or results.json), so "
+                       "compare will neither write into it nor delete it with --overwrite. Move or delete it "
+                       "yourself, or choose another --name or --out.")
+    if overwrite and folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / COMPARE_MARKER
+    if not marker.is_file():
+        marker.write_text("written by tunelab compare: --overwrite may replace this folder\n", encoding="utf-8")
 
 
 def run_name(variant: str, seed: int) -> str:
