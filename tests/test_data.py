@@ -133,3 +133,35 @@ def test_rotten_tomatoes_builtin_excludes_plots_and_duplicates() -> None:
 def test_unknown_builtin_suggests_a_name() -> None:
     with pytest.raises(DataError, match="Did you mean 'rotten-tomatoes'"):
         load_builtin("rotten-tomatos")
+
+
+# ---- CSV fields over several lines ------------------------------------------------------------------------------
+
+STRAY_QUOTE = 'review,sentiment\n"great film,pos\nbad film,neg\nawful plot,neg\n"so-so" ending,pos\nfine,neg\n'
+
+
+def test_a_stray_quote_that_swallows_rows_is_named_with_its_lines(tmp_path: Path) -> None:
+    """The issue's file: legal CSV read as 2 rows, of which one swallowed 3 lines. It used to end in 'a split is
+    empty'; now the swallowing field is named by file and line range."""
+    path = tmp_path / "stray.csv"
+    path.write_text(STRAY_QUOTE, encoding="utf-8")
+    with pytest.raises(DataError, match=r"stray\.csv, lines 2-5: a quoted field spans these lines and holds the "
+                                        r"delimiter \(a comma\), as if a stray opening quote") as err:
+        prepare(path)
+    assert "data.multiline_fields: keep" in str(err.value)
+
+
+def test_multiline_fields_are_counted_and_their_lines_named(tmp_path: Path) -> None:
+    rows = toy_rows(40)
+    rows[0]["review"] = "good film\nreally good"  # lines 2-3: spans lines, no delimiter: kept, named
+    rows[5]["review"] = "bad, dull\nand flat"     # lines 8-9: spans lines and holds a comma: a bad row by default
+    path = write_csv(tmp_path / "r.csv", rows)
+    assert [(r.line, r.last_line) for r in read_file(path)][:7] == [(2, 3), (4, 0), (5, 0), (6, 0), (7, 0), (8, 9), (10, 0)]
+    with pytest.warns(UserWarning, match=r"r\.csv: 1 row\(s\) have a quoted field that spans several lines \(lines 2-3\)"):
+        data, _ = prepare(path, on_bad_rows="skip")
+    assert data.report.source == {"train_rows_spanning_lines": 2}
+    assert [n for reason, n in data.report.skipped.items() if "holds the delimiter" in reason] == [1]
+    assert sum(data.report.rows.values()) == 39
+    with pytest.warns(UserWarning, match=r"2 row\(s\) .* \(lines 2-3, 8-9\)"):
+        data, _ = prepare(path, multiline_fields="keep")
+    assert sum(data.report.rows.values()) == 40 and not data.report.skipped

@@ -71,6 +71,10 @@ class DataConfig(Strict):
     split: SplitConfig = Field(default_factory=SplitConfig)
     on_bad_rows: Literal["error", "skip"] = "error"
     limit: int | None = Field(None, gt=0, description="Use only the first N training rows (after shuffling).")
+    multiline_fields: Literal["check", "keep"] = Field("check", description="CSV/TSV quoted fields that span lines "
+                                                       "(always counted and named): 'check' treats one that also "
+                                                       "holds the delimiter as a bad row (a stray opening quote "
+                                                       "swallows the rows after it that way); 'keep' accepts it.")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import re
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,14 +58,32 @@ def read_rows(cfg: DataConfig) -> tuple[dict[str, list[Row]], dict[str, int]]:
     for name, rows in found.items():
         if not rows:
             raise DataError(f"{getattr(cfg, name)}: the {name} file has no rows")
-    return found, {}
+    return found, _multiline_report(found, cfg)
+
+
+def _multiline_report(found: dict[str, list[Row]], cfg: DataConfig) -> dict[str, int]:
+    """Count the CSV rows whose quoted field spans lines, and name the lines of those that will be used: legal
+    CSV, but a stray quote makes the same shape, so the user hears of it."""
+    report = {}
+    for name, rows in found.items():
+        spanning = [row for row in rows if row.last_line]
+        if not spanning:
+            continue
+        report[f"{name}_rows_spanning_lines"] = len(spanning)
+        kept = [row for row in spanning if row.doubt is None or cfg.multiline_fields == "keep"]
+        if kept:
+            lines = ", ".join(f"{row.line}-{row.last_line}" for row in kept[:5]) + (", ..." if len(kept) > 5 else "")
+            warnings.warn(f"{kept[0].source}: {len(kept)} row(s) have a quoted field that spans several lines "
+                          f"(lines {lines}); each is read as one row", stacklevel=3)
+    return report
 
 
 def validate(rows: list[Row], check: Callable[[Row], str | None], cfg: DataConfig, report: DataReport) -> list[Row]:
-    """Keep the rows the task accepts; the rest are an error or a counted skip."""
+    """Keep the rows the task accepts; the rest are an error or a counted skip. A row the reader doubted (a quoted
+    field over several lines that holds the delimiter) is refused unless data.multiline_fields is 'keep'."""
     good, rejected = [], []
     for row in rows:
-        problem = check(row)
+        problem = row.doubt if row.doubt and cfg.multiline_fields == "check" else check(row)
         if problem is None:
             good.append(row)
         else:

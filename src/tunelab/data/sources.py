@@ -1,6 +1,7 @@
 """Readers for the file formats users bring: CSV, TSV, JSONL, Parquet, and ``datasets`` objects.
 
-Every row keeps the line number it came from, so a bad row can be reported as ``reviews.csv, line 17``.
+Every row keeps the lines it came from, so a bad row can be reported as ``reviews.csv, line 17`` (or ``lines 2-5``
+for a CSV row whose quoted field runs over several lines).
 """
 
 from __future__ import annotations
@@ -20,13 +21,21 @@ FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".
 
 @dataclass
 class Row:
-    """One example as read, with where it came from (for error messages)."""
+    """One example as read, with where it came from (for error messages).
+
+    ``doubt`` is what the reader found suspicious in a row that is still legal, such as a quoted CSV field that runs
+    over several lines and holds the delimiter (the mark of a stray opening quote): data.multiline_fields decides.
+    """
 
     values: dict[str, Any]
     source: str
     line: int
+    last_line: int = 0  # the last line of a CSV row whose quoted field spans lines; 0 when it is ``line``
+    doubt: str | None = None
 
     def where(self) -> str:
+        if self.last_line > self.line:
+            return f"{self.source}, lines {self.line}-{self.last_line}"
         return f"{self.source}, line {self.line}" if self.line else self.source
 
 
@@ -91,22 +100,43 @@ def _read_delimited(path: Path, delimiter: str) -> list[Row]:
             raise DataError(f"{path}, line 1: unreadable header ({err})") from None
         if len(set(header)) != len(header):
             raise DataError(f"{path}, line 1: repeated column names in the header: {header}")
+        last = reader.line_num
         try:
             for record in reader:
+                first, last = last + 1, reader.line_num
                 if not record:
                     continue
-                line = reader.line_num
+                row = Row(dict(zip(header, record)), str(path), first, last if last > first else 0)
                 if len(record) != len(header):
-                    raise DataError(
-                        f"{path}, line {line}: {len(record)} fields where the header has {len(header)}; "
-                        "quote fields that contain the delimiter"
-                    )
+                    raise DataError(f"{row.where()}: {len(record)} fields where the header has {len(header)}; "
+                                    "quote fields that contain the delimiter" + _stray_quote_hint(row, record))
                 if any("\x00" in value for value in record):
-                    raise DataError(f"{path}, line {line}: contains a NUL character; the file is damaged or not text")
-                rows.append(Row(dict(zip(header, record)), str(path), line))
+                    raise DataError(f"{row.where()}: contains a NUL character; the file is damaged or not text")
+                row.doubt = _swallowed_delimiter(row, record, delimiter)
+                rows.append(row)
         except csv.Error as err:
             raise DataError(f"{path}, line {reader.line_num}: {err}") from None
     return rows
+
+
+def _spans_lines(value: str) -> bool:
+    return "\n" in value or "\r" in value
+
+
+def _swallowed_delimiter(row: Row, record: list[str], delimiter: str) -> str | None:
+    """A field that runs over several lines *and* holds the delimiter reads like rows swallowed by a stray quote."""
+    if not row.last_line or not any(_spans_lines(v) and delimiter in v for v in record):
+        return None
+    shown = {"\t": "a tab", ",": "a comma"}.get(delimiter, f"'{delimiter}'")
+    return (f"a quoted field spans these lines and holds the delimiter ({shown}), as if a stray opening quote "
+            "swallowed the rows after it; remove the stray quote, or set data.multiline_fields: keep if the field "
+            "really spans them")
+
+
+def _stray_quote_hint(row: Row, record: list[str]) -> str:
+    if not row.last_line or not any(_spans_lines(v) for v in record):
+        return ""
+    return "; a quoted field spans these lines: is an opening quote missing its closing one?"
 
 
 def _read_jsonl(path: Path) -> list[Row]:
