@@ -18,7 +18,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from tunelab.data.prepare import DataReport, read_rows, require_rows, split_rows, validate
+from tunelab.data.prepare import DataReport, prepare_rows
 from tunelab.errors import RunError
 from tunelab.evaluate.drift import snapshot, weight_drift
 from tunelab.evaluate.memory import RssSampler, peak_rss_bytes
@@ -55,29 +55,8 @@ class PreparedData:
 
 
 def prepare_data(recipe: Recipe, task: Any) -> PreparedData:
-    """Read, validate, split and featurize the recipe's data through the task."""
-    given, source_report = read_rows(recipe.data)
-    report = DataReport(source=source_report)
-    if hasattr(task, "fit_labels"):
-        task.fit_labels(given["train"])
-    valid = {name: validate(rows, task.check_row, recipe.data, report) for name, rows in given.items()}
-    missing = [name for name in ("validation", "test") if name not in valid]
-    if missing:
-        key = getattr(task, "stratify_key", None)
-        carved = split_rows(valid["train"], recipe.data, recipe.seed, key, missing)
-        valid = {**valid, **carved}
-    if recipe.data.limit:
-        valid["train"] = valid["train"][: recipe.data.limit]
-    splits = {}
-    for name, rows in valid.items():
-        prepared = task.featurize(rows)
-        report.add_skips(prepared.rejected, recipe.data)
-        report.truncated += prepared.truncated
-        splits[name] = prepared.features
-        if name != "train" and recipe.eval.max_examples:  # the same first N every time: bounded evaluation cost
-            splits[name] = splits[name][: recipe.eval.max_examples]
-        report.rows[name] = len(splits[name])
-    require_rows(splits, report)
+    """Read, validate, split, sample and featurize the recipe's data through the task."""
+    splits, report = prepare_rows(recipe.data, task, recipe.seed, recipe.eval.max_examples)
     return PreparedData(splits, report)
 
 

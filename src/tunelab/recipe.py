@@ -70,7 +70,11 @@ class DataConfig(Strict):
     labels: list[str] | None = Field(None, description="Label names in id order; default: sorted names seen in train.")
     split: SplitConfig = Field(default_factory=SplitConfig)
     on_bad_rows: Literal["error", "skip"] = "error"
-    limit: int | None = Field(None, gt=0, description="Use only the first N training rows (after shuffling).")
+    limit: int | None = Field(None, gt=0, description="Train on N rows: a sample seeded by the recipe seed and "
+                              "stratified like the split (label, or data.stratify_by), taken after validation and "
+                              "test are carved out; the rows left out are counted in the run summary.")
+    stratify_by: str | None = Field(None, description="Column to stratify splits and samples by (e.g. a topic "
+                                    "column); default: the label for classification, none for generation tasks.")
     multiline_fields: Literal["check", "keep"] = Field("check", description="CSV/TSV quoted fields that span lines "
                                                        "(always counted and named): 'check' treats one that also "
                                                        "holds the delimiter as a bad row (a stray opening quote "
@@ -139,8 +143,10 @@ class EvalConfig(Strict):
     mode: Literal["max", "min"] = "max"
     before: bool = Field(True, description="Evaluate the untouched model first.")
     batch_size: int = Field(64, gt=0)
-    max_examples: int | None = Field(None, gt=0, description="Use at most the first N examples of each held-out split "
-                                     "(validation, test): the same ones every time, to bound evaluation time.")
+    max_examples: int | None = Field(None, gt=0, description="Evaluate at most N examples of each held-out split "
+                                     "(validation, test), to bound evaluation time: a sample seeded by the recipe "
+                                     "seed and stratified like the split, the same every time; the summary gives the "
+                                     "evaluated and the full size.")
 
 
 class GenerateConfig(Strict):

@@ -1,8 +1,9 @@
-"""From the recipe's data section to validated train/validation/test rows.
+"""From the recipe's data section to featurized train/validation/test examples.
 
 Splits are deterministic for a seed and stratified by label when the task has labels, so every strategy compared
-on a task sees exactly the same examples. Bad rows stop the run (default) or are skipped and counted; the counts
-go into the run summary.
+on a task sees exactly the same examples. Bad rows stop the run (default) or are skipped and counted; rows that
+data.limit or eval.max_examples leave out of their seeded sample are counted too. The counts go into the run
+summary: every row read is used or counted.
 """
 
 from __future__ import annotations
@@ -13,23 +14,43 @@ import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from tunelab.data.builtin import load_builtin
+from tunelab.data.sample import Featurized, StratumKey, featurize_sample
 from tunelab.data.sources import Row, from_records, read_file
 from tunelab.errors import DataError
-from tunelab.recipe import DataConfig
+from tunelab.recipe import DataConfig, SplitConfig
 
 SPLITS = ("train", "validation", "test")
 
 
+class RowTask(Protocol):
+    """What the data layer needs of a task (tasks/ sits above data/, so it is not imported)."""
+
+    def check_row(self, row: Row) -> str | None: ...
+
+    def featurize(self, rows: list[Row]) -> Featurized: ...
+
+
 @dataclass
 class DataReport:
-    """What happened to the rows: read, skipped (by reason), truncated, per split. Goes into summary.json."""
+    """What happened to the rows: read, skipped (by reason, including rows left out of a data.limit or
+    eval.max_examples sample), truncated, per split. Goes into summary.json."""
 
     source: dict[str, int] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     truncated: int = 0
+    sampled_from: dict[str, int] = field(default_factory=dict)  # split -> its rows before a sample was taken
+
+    def add_left_out(self, split: str, setting: str, kept: int, total: int, left_out: int, how: str) -> None:
+        """Count the rows a sample left out, with the kept size beside the split's full size in the reason."""
+        if not left_out:
+            return
+        self.sampled_from[split] = total
+        verb = "used" if split == "train" else "evaluated"
+        self.skipped[f"{split}: left out by {setting} ({how}; {kept} of the split's {total} rows {verb})"] = left_out
 
     def add_skips(self, rejected: list[tuple[str, str]], cfg: DataConfig) -> None:
         """Raise on the first bad rows (default) or count them by reason."""
@@ -47,18 +68,80 @@ class DataReport:
             self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
+def prepare_rows(cfg: DataConfig, task: RowTask, seed: int, max_examples: int | None
+                 ) -> tuple[dict[str, list[dict[str, Any]]], DataReport]:
+    """Read, validate, split, sample (data.limit, eval.max_examples) and featurize: the examples per split and
+    the report that accounts for every row read."""
+    given, source_report = read_rows(cfg)
+    report = DataReport(source=source_report)
+    if hasattr(task, "fit_labels"):
+        task.fit_labels(given["train"])
+    valid = {name: validate(rows, task.check_row, cfg, report) for name, rows in given.items()}
+    key, how = stratum_key(cfg, task, valid["train"])
+    missing = [name for name in ("validation", "test") if name not in valid]
+    if missing:
+        valid |= split_rows(valid["train"], cfg, seed, key, missing, report.skipped)
+    splits: dict[str, list[dict[str, Any]]] = {}
+    for name, rows in valid.items():
+        cap, setting = (cfg.limit, "data.limit") if name == "train" else (max_examples, "eval.max_examples")
+        features, rejected, truncated, left_out = featurize_sample(rows, cap, task.featurize, key, f"{seed}:{name}")
+        report.add_skips(rejected, cfg)
+        report.truncated += truncated
+        report.add_left_out(name, f"{setting}={cap}", len(features), len(rows), left_out, how)
+        splits[name] = features
+        report.rows[name] = len(features)
+    require_rows(splits, report)
+    return splits, report
+
+
+def stratum_key(cfg: DataConfig, task: RowTask, train: list[Row]) -> tuple[StratumKey | None, str]:
+    """What splits and samples are stratified by (data.stratify_by, else the task's label), and how to say it."""
+    column = cfg.stratify_by
+    if column is None:
+        key = getattr(task, "stratify_key", None)
+        return key, "a seeded sample stratified by label" if key else "a seeded random sample"
+    if train and not any(column in row.values for row in train):
+        raise DataError(f"data.stratify_by: no training row has a column '{column}' (columns found: "
+                        f"{', '.join(map(str, train[0].values))}); name one of them or remove data.stratify_by")
+    return (lambda row: str(row.values.get(column, "(missing)"))), f"a seeded sample stratified by '{column}'"
+
+
 def read_rows(cfg: DataConfig) -> tuple[dict[str, list[Row]], dict[str, int]]:
     """Rows per given split (only 'train' unless the recipe or the built-in dataset names others)."""
     if cfg.dataset:
         loaded, report = load_builtin(cfg.dataset)
         if isinstance(loaded, dict):
+            _refuse_split(cfg, {name: len(rows) for name, rows in loaded.items()})
             return {name: from_records(rows, f"{cfg.dataset}[{name}]") for name, rows in loaded.items()}, report
         return {"train": from_records(loaded, cfg.dataset)}, report
     found = {name: read_file(getattr(cfg, name)) for name in SPLITS if getattr(cfg, name)}
     for name, rows in found.items():
         if not rows:
             raise DataError(f"{getattr(cfg, name)}: the {name} file has no rows")
+    _refuse_unused_shares(cfg, list(found))
     return found, _multiline_report(found, cfg)
+
+
+def _refuse_split(cfg: DataConfig, sizes: dict[str, int]) -> None:
+    """A built-in dataset that comes split was split on purpose (whole books, whole questions held out): carving
+    it again by data.split would undo that, and ignoring the setting would be silent. So it is refused."""
+    if cfg.split != SplitConfig():
+        shown = ", ".join(f"{name} {n}" for name, n in sizes.items())
+        raise DataError(f"data.split: the built-in dataset '{cfg.dataset}' comes already split ({shown} rows; see "
+                        "tunelab.data.builtin for how), so data.split cannot apply; remove it. To use fewer rows, set "
+                        "data.limit (training) or eval.max_examples (validation, test): both take seeded samples.")
+
+
+def _refuse_unused_shares(cfg: DataConfig, given: list[str]) -> None:
+    """A share of a split the recipe gives as a file would be silently ignored."""
+    defaults = SplitConfig()
+    for name in ("validation", "test"):
+        if name in given and getattr(cfg.split, name) != getattr(defaults, name):
+            raise DataError(f"data.split.{name}={getattr(cfg.split, name)} cannot apply: the {name} rows come from "
+                            f"data.{name} ({getattr(cfg, name)}); remove data.split.{name} or data.{name}")
+    if "validation" in given and "test" in given and cfg.split.stratify != defaults.stratify:
+        raise DataError("data.split.stratify cannot apply: data.validation and data.test give those splits as files, "
+                        "so nothing is carved out of train; remove data.split.stratify")
 
 
 def _multiline_report(found: dict[str, list[Row]], cfg: DataConfig) -> dict[str, int]:
@@ -108,10 +191,10 @@ def _reasons(rejected: list[tuple[str, str]]) -> str:
     return "; ".join(f"{n} x {problem}" for problem, n in counts.most_common(3))
 
 
-def split_rows(
-    rows: list[Row], cfg: DataConfig, seed: int, stratify_key: Callable[[Row], str] | None, missing: list[str]
-) -> dict[str, list[Row]]:
-    """Carve the missing validation/test splits out of train, deterministically and stratified by label."""
+def split_rows(rows: list[Row], cfg: DataConfig, seed: int, stratify_key: StratumKey | None, missing: list[str],
+               skipped: dict[str, int] | None = None) -> dict[str, list[Row]]:
+    """Carve the missing validation/test splits out of train, deterministically and stratified by label (or
+    data.stratify_by). An empty split is an error that names the rows skipped so far, the likely cause."""
     shares = {name: getattr(cfg.split, name) for name in missing}
     if shares.get("validation") == 0:
         raise DataError("data.split.validation is 0 and there is no data.validation file; training needs validation "
@@ -135,10 +218,9 @@ def split_rows(
     for name, part in out.items():
         rng.shuffle(part)
         if not part and (name == "train" or shares.get(name, 0) > 0):
-            raise DataError(
-                f"the {name} split is empty ({len(rows)} usable rows, split shares {shares}); "
-                "give more data or change data.split"
-            )
+            dropped = f"; rows skipped: {skipped}" if skipped else ""
+            raise DataError(f"the {name} split is empty ({len(rows)} usable rows, split shares {shares}{dropped}); "
+                            "give more data or change data.split")
     return {name: part for name, part in out.items() if part}  # a share of 0 asks for no split at all
 
 
