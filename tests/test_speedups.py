@@ -119,12 +119,12 @@ def test_boundary_cache_off_keeps_dropout_in_frozen_blocks(tmp_path: Path, tiny_
 def test_boundary_cache_refuses_a_trainable_stem(tmp_path: Path, tiny_bert_dir: Path, toy_csv: Path) -> None:
     model, task, features = _frozen_model(tmp_path, tiny_bert_dir, toy_csv, embeddings=False)
     with pytest.raises(feature_cache.Unsupported, match="embeddings trains"):
-        feature_cache.build_cache("boundary", model, [features], task.collate, 16, torch.device("cpu"))
+        feature_cache.build_cache("boundary", model, [features], task, 16, torch.device("cpu"))
 
 
 def test_cache_skips_the_frozen_part_and_restores_the_model(tiny_bert_dir: Path, toy_csv: Path, tmp_path: Path) -> None:
     model, task, features = _frozen_model(tmp_path, tiny_bert_dir, toy_csv)
-    cache = feature_cache.build_cache("boundary", model, [features], task.collate, 16, torch.device("cpu"))
+    cache = feature_cache.build_cache("boundary", model, [features], task, 16, torch.device("cpu"))
     calls = {"stem": 0, "block0": 0}
     model.bert.embeddings.register_forward_hook(lambda *a: calls.__setitem__("stem", calls["stem"] + 1))
     model.bert.encoder.layer[0].register_forward_hook(lambda *a: calls.__setitem__("block0", calls["block0"] + 1))

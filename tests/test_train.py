@@ -130,3 +130,25 @@ def test_two_processes_equal_one(tmp_path: Path, nodrop_bert_dir: Path, toy_csv:
     assert json.loads((double / "summary.json").read_text())["processes"] == 2
     # stated tolerance: float sums in a different order (all-reduce), nothing more
     assert_close(step_weights(single, 4), step_weights(double, 4), atol=1e-5)
+
+
+def test_resume_refuses_changed_data(tmp_path: Path, tiny_bert_dir: Path, toy_csv: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint remembers the fingerprint of every split; resuming on other data is refused, naming the split."""
+    recipe = make_recipe(tmp_path, tiny_bert_dir, toy_csv, train={"max_steps": 8, "eval_every": 2})
+    original = Trainer.step
+
+    def step_then_ctrl_c(self: Trainer, ids: list[int]) -> float:
+        loss = original(self, ids)
+        if self.state.step == 2:
+            signal.raise_signal(signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(Trainer, "step", step_then_ctrl_c)
+    with pytest.raises(RunError, match="interrupted at step 3"):
+        api.train(recipe, name="cut")
+    monkeypatch.setattr(Trainer, "step", original)
+    lines = toy_csv.read_text().splitlines()
+    toy_csv.write_text("\n".join(lines[:1] + [line.replace("film", "movie") for line in lines[1:]]) + "\n")
+    with pytest.raises(RunError, match=r"the .*train.* data differ from what this run trained on"):
+        api.train(recipe, name="cut", resume=True)

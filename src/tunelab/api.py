@@ -24,9 +24,11 @@ from tunelab.evaluate.drift import snapshot, weight_drift
 from tunelab.evaluate.memory import RssSampler, peak_rss_bytes
 from tunelab.evaluate.metrics import majority_baseline
 from tunelab.recipe import Recipe, load_recipe
+from tunelab.io import write_json
 from tunelab.runfolder import (MetricsLog, check_not_finished, checkpoint_bytes, existing_run, new_run_dir,
-                               require_free_space, write_json)
+                               require_free_space, run_dir_for)
 from tunelab.strategies.base import make_strategy
+from tunelab.run import Run
 from tunelab.tasks import build_task
 from tunelab.tasks.generation import side_by_side
 from tunelab.train.checkpoint import complete_checkpoints
@@ -94,15 +96,16 @@ def _eval_splits(task: Any, model: torch.nn.Module, data: PreparedData, recipe: 
 
 
 def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bool = False, resume: bool = False,
-          overrides: list[str] | None = None) -> Path:
-    """Fine-tune as the recipe says and write a complete run folder; returns its path.
+          overrides: list[str] | None = None) -> Run:
+    """Fine-tune as the recipe says and write a complete run folder; returns the ``Run`` (a path-like object with
+    the recipe, summary, trained model, ``predict`` and ``evaluate``).
 
     With ``resume=True`` and a ``name`` (or a run folder as ``recipe``), training continues from the newest complete
     checkpoint and ends as the uninterrupted run would have.
     """
     _quiet_libraries()
     run_dir: Path | None = None
-    if isinstance(recipe, (str, Path)) and Path(recipe).is_dir():
+    if isinstance(recipe, (str, os.PathLike)) and Path(recipe).is_dir():
         run_dir, recipe = existing_run(recipe)
         resume = True
     elif not isinstance(recipe, Recipe):
@@ -112,17 +115,14 @@ def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bo
         if not name:
             raise RunError("--resume needs the run: pass its folder (tunelab train runs/NAME --resume) or --name NAME")
         run_dir, recipe = existing_run(Path(recipe.output.dir) / name)
-    if not resume and name and not overwrite and (Path(recipe.output.dir) / name).exists():
-        new_run_dir(recipe, name, overwrite)  # raises the 'already exists' error before any work
+    if not resume:
+        run_dir_for(recipe, name, overwrite)  # a bad name or a folder it may not replace: refused before any work
     if resume:
         check_not_finished(run_dir)
     seed_everything(recipe.seed)
     started = time.time()
 
-    from tunelab.models import load_tokenizer
-
-    tokenizer = load_tokenizer(recipe.model.name, recipe.model.trust_remote_code)
-    task = build_task(recipe, tokenizer)
+    task = build_task(recipe)  # the task loads its own processor (tokenizer, image preprocessing)
     strategy = make_strategy(recipe.strategy, recipe.task.type)
     strategy.check_model_class(task.model_class(), recipe.model.name)  # refuse before reading data or weights
     data = prepare_data(recipe, task)
@@ -141,7 +141,8 @@ def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bo
     before = _eval_splits(task, model, data, recipe) if recipe.eval.before else {}
 
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=acc.is_main_process)
-    trainer = Trainer(recipe, task, strategy, model, data.splits["train"], data.splits["validation"], run_dir, acc)
+    trainer = Trainer(recipe, task, strategy, model, data.splits["train"], data.splits["validation"], run_dir, acc,
+                      data_fingerprint=split_fingerprints(data.splits))
     found = complete_checkpoints(run_dir / "checkpoints") if resume else []
     if found:
         trainer.restore(found[-1])
@@ -163,6 +164,7 @@ def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bo
     summary = {
         "run": str(run_dir), "task": recipe.task.type, "model": recipe.model.name, "strategy": recipe.strategy.method,
         "data": {"rows": data.report.rows, "skipped": data.report.skipped, "truncated": data.report.truncated,
+                 "converted": dict(data.report.converted),
                  "source": data.report.source, "fingerprint": split_fingerprints(data.splits)},
         "parameters": counts, "learning_rates": {"lr": recipe.train.lr,
                                                  "head_lr": head_rate(recipe, strategy.default_head_lr)},
@@ -175,6 +177,7 @@ def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bo
         "peak_rss_bytes": peak_rss_bytes(), "weight_drift": weight_drift(before_weights, final_model,
                                                                          strategy.depth_map(final_model)),
         "processes": acc.num_processes, "fit_seconds": round(fit_seconds, 2), "speedups": trainer.speedups,
+        "one_off_seconds": round(state.one_off_seconds, 2),
         "rss_before_train_bytes": rss.baseline_bytes, "train_peak_rss_bytes": rss.peak_bytes,
     }
     if samples:
@@ -192,25 +195,23 @@ def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bo
         write_report(run_dir, summary, log.records)
         write_json(run_dir / "summary.json", summary)  # last: its presence marks the run finished
     acc.wait_for_everyone()
-    return run_dir
+    return Run(run_dir)
 
 
 def load(run_dir: str | Path) -> Any:
-    """A trained run's task with its final model, ready to ``predict``/``evaluate``."""
+    """A trained run's task with its final model (``.model``), ready to ``predict``/``evaluate``."""
     _quiet_libraries()
-    run_dir, recipe = existing_run(run_dir)
-    from tunelab.tasks import load_task
-
-    return load_task(run_dir / "final", recipe)
+    return Run(run_dir).task
 
 
 def evaluate(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
     """Metrics of a run's final model on one split, rebuilt exactly as training split the data."""
-    loaded = load(run_dir)
-    data = prepare_data(loaded.recipe, loaded)
-    if split not in data.splits:
-        raise RunError(f"split '{split}' does not exist; splits: {', '.join(data.splits)}")
-    metrics = loaded.evaluate(loaded.model, data.splits[split], loaded.recipe.eval.batch_size)
-    if hasattr(loaded, "generate_and_score"):  # generation tasks: BLEU, chrF, ROUGE-L and outputs as well
-        metrics |= loaded.generate_and_score(loaded.model, data.splits[split], loaded.recipe.eval.batch_size)
-    return metrics
+    _quiet_libraries()
+    return Run(run_dir).evaluate(split)
+
+
+def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """The run's model as one plain folder of its ecosystem (adapters merged in); returns the folder."""
+    _quiet_libraries()
+    run = Run(run_dir)
+    return run.task.export(Path(out) if out else run.dir / "merged")

@@ -175,9 +175,9 @@ def export(
         console.print("[bold red]error:[/] final/ already holds the model in its ecosystem format; "
                       "pass --merge to write a merged plain Hugging Face folder")
         raise typer.Exit(2)
-    from tunelab.strategies.saving import export_merged
+    from tunelab import api
 
-    folder = _run(export_merged, run, out)
+    folder = _run(api.export, run, out)
     console.print(f"merged model: {folder}")
 
 

@@ -53,9 +53,9 @@ def recipe_for(model_or_run: str, strategy: str | None, overrides: list[str]) ->
             raw["data"]["labels"] = saved["labels"]  # the head's size, as trained
     else:
         from tunelab.models import CATALOG
+        from tunelab.tasks.registry import TASK_FOR_KIND
 
-        kind = CATALOG.get(model_or_run, {}).get("kind", "encoder")
-        task = {"encoder": "classification", "decoder": "causal_lm", "encoder-decoder": "seq2seq"}[kind]
+        task = TASK_FOR_KIND[CATALOG.get(model_or_run, {}).get("kind", "encoder")]
         raw = {"model": {"name": model_or_run}, "task": {"type": task},
                "data": {"train": "(not read by inspect)", "labels": ["0", "1"]}}
     if strategy:
@@ -67,13 +67,12 @@ def inspect_model(model_or_run: str, console: Console, *, strategy: str | None =
                   depth: int = 3, batch_size: int = 32, seq_len: int = 128) -> dict[str, Any]:
     """Print the parameter table and memory estimate; return the counts (for tests and scripts)."""
     from tunelab.api import _quiet_libraries, parameter_counts
-    from tunelab.models import load_tokenizer
     from tunelab.strategies.base import make_strategy
     from tunelab.tasks import build_task
 
     _quiet_libraries()
     recipe = recipe_for(model_or_run, strategy, overrides or [])
-    task = build_task(recipe, load_tokenizer(recipe.model.name, recipe.model.trust_remote_code))
+    task = build_task(recipe)
     strategy = make_strategy(recipe.strategy, recipe.task.type)
     strategy.check_model_class(task.model_class(), recipe.model.name)
     model = strategy.apply(task.build_model())

@@ -17,7 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tunelab.errors import RecipeError
-from tunelab.strategies.config import Full, StrategyConfig
+from tunelab.strategies.config import Full, StrategyConfig, fields_of_method
+from tunelab.tasks.config import ClassificationConfig, TaskConfig, fields_of_task
 
 
 class Strict(BaseModel):
@@ -29,30 +30,6 @@ class Strict(BaseModel):
 class ModelConfig(Strict):
     name: str = Field(description="Catalog name (minilm-l6, smollm2-135m-instruct), local folder, or hub id.")
     trust_remote_code: bool = Field(False, description="Run code shipped with a hub model. Off unless you trust it.")
-
-
-class HeadConfig(Strict):
-    hidden: list[int] = Field(default_factory=list, description="Hidden sizes of extra head layers; [] = one linear layer.")
-    activation: Literal["gelu", "relu", "tanh"] = "gelu"
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
-
-
-class TaskConfig(Strict):
-    type: Literal["classification", "causal_lm", "seq2seq"] = "classification"
-    max_length: int = Field(128, gt=0, description="Longest input in tokens.")
-    truncation: bool = Field(False, description="Truncate over-long inputs (counted); if false they are an error.")
-    head: HeadConfig = Field(default_factory=HeadConfig)
-    # generation tasks (causal_lm, seq2seq)
-    prompt_template: str | None = Field(None, description="Build the prompt (causal_lm) or source (seq2seq) from the "
-                                        "row's columns, e.g. 'Translate English to Spanish: {source}'.")
-    system_prompt: str | None = Field(None, description="causal_lm chat: a system message put before every prompt "
-                                      "(rows with their own system message keep it).")
-    chat_template: bool = Field(True, description="causal_lm: render with the tokenizer's chat template when it has one.")
-    loss_on: Literal["answer", "all"] = Field("answer", description="causal_lm: train on answer tokens only (prompt "
-                                              "tokens masked with -100), or on every token.")
-    packing: bool = Field(False, description="causal_lm: pack a micro-batch's examples into shared rows, each one "
-                          "attending only to itself (needs a model whose mask follows position ids).")
-    max_target_length: int | None = Field(None, gt=0, description="seq2seq: longest target in tokens (default max_length).")
 
 
 class SplitConfig(Strict):
@@ -168,16 +145,11 @@ class OutputConfig(Strict):
     dir: str = Field("runs", description="Parent folder of run folders.")
 
 
-# The columns each task reads; data.columns maps these roles to the names in the user's file.
-COLUMN_ROLES = {"classification": ["text", "label"], "causal_lm": ["prompt", "completion", "messages"],
-                "seq2seq": ["source", "target"]}
-
-
 class Recipe(Strict):
     name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$")
     seed: int = 0
     model: ModelConfig
-    task: TaskConfig = Field(default_factory=TaskConfig)
+    task: TaskConfig = Field(default_factory=ClassificationConfig)
     data: DataConfig
     strategy: StrategyConfig = Field(default_factory=Full)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -186,20 +158,27 @@ class Recipe(Strict):
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _classification_by_default(cls, raw: Any) -> Any:
+        """A task section without a type is a classification task, as a recipe without one is."""
+        if isinstance(raw, dict) and isinstance(raw.get("task"), dict) and "type" not in raw["task"]:
+            raw = {**raw, "task": {**raw["task"], "type": "classification"}}
+        return raw
+
     @model_validator(mode="after")
-    def _generation_defaults(self) -> Recipe:
-        """Generation tasks have no accuracy: unless the recipe says otherwise, the best checkpoint has the lowest loss."""
-        if self.task.type != "classification" and "metric" not in self.eval.model_fields_set:
-            self.eval.metric, self.eval.mode = "loss", "min"
-        if self.task.packing and self.task.type != "causal_lm":
-            raise ValueError("task.packing applies to causal_lm only")
+    def _task_metric_default(self) -> Recipe:
+        """Unless the recipe says otherwise, the best checkpoint is chosen on the task's own metric (accuracy for
+        classifiers; the lowest loss for tasks without one, such as generation)."""
+        if "metric" not in self.eval.model_fields_set:
+            self.eval.metric, self.eval.mode = type(self.task).default_metric
         return self
 
     @model_validator(mode="after")
     def _known_column_roles(self) -> Recipe:
         """data.columns is a free mapping, so a misspelt role ({txt: review}) would otherwise be silently ignored."""
-        roles = COLUMN_ROLES.get(self.task.type)
-        for role in sorted(set(self.data.columns) - set(roles or self.data.columns)):
+        roles = type(self.task).column_roles
+        for role in sorted(set(self.data.columns) - set(roles)):
             close = difflib.get_close_matches(role, roles, n=1)
             hint = f" Did you mean 'data.columns.{close[0]}'?" if close else ""
             raise ValueError(f"unknown key 'data.columns.{role}' for task.type {self.task.type}.{hint} "
@@ -229,15 +208,15 @@ def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"{source}: the recipe is invalid:"]
     for e in err.errors():
         loc = [str(p) for p in e["loc"] if not (isinstance(p, str) and "[" in p)]
-        # the strategy union adds the method name as a path element: drop it so paths read strategy.rank
-        if len(loc) > 1 and loc[0] == "strategy" and loc[1] not in _fields_at(("strategy",)):
+        # the strategy and task unions add the tag as a path element: drop it so paths read strategy.rank
+        if len(loc) > 1 and loc[0] in ("strategy", "task") and loc[1] not in _fields_at((loc[0],)):
             loc = [loc[0], *loc[2:]] if len(loc) > 2 else loc
         path = ".".join(loc) or "(top level)"
         if e["type"] == "extra_forbidden":
             key = str(e["loc"][-1])  # the user's key, even one holding '[' (which the filter above drops)
             parent = loc[:-1] if loc[-1:] == [key] else loc
             path = ".".join([*parent, key])
-            known = _strategy_fields(e) if parent == ["strategy"] else _fields_at(tuple(parent))
+            known = _union_fields(e) if parent in (["strategy"], ["task"]) else _fields_at(tuple(parent))
             hint = _did_you_mean(key, known, parent)
             lines.append(f"  - unknown key '{path}'.{hint} Valid keys here: {', '.join(sorted(known))}.")
         else:
@@ -276,10 +255,10 @@ def _choices(e: dict) -> list[str]:
     return re.findall(r"'([^']+)'", text)
 
 
-def _strategy_fields(e: dict) -> list[str]:
-    from tunelab.strategies.config import fields_of_method
-
-    return fields_of_method(str(e["loc"][1]))
+def _union_fields(e: dict) -> list[str]:
+    """Valid keys of the strategy method or task type the error is about (the tag is the path's second part)."""
+    section, tag = str(e["loc"][0]), str(e["loc"][1])
+    return fields_of_method(tag) if section == "strategy" else fields_of_task(tag)
 
 
 def set_override(raw: dict, assignment: str) -> None:

@@ -19,9 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from tunelab.errors import ModelError
+from tunelab.errors import ModelError, RecipeError
 from tunelab.strategies import layers
 from tunelab.strategies.base import FROZEN_HEAD_LR, Strategy, new_params, set_trainable
+from tunelab.tasks.config import TASK_CONFIGS
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -91,6 +92,12 @@ class Adapters(Strategy):
 
     name = "adapters"
     default_head_lr = FROZEN_HEAD_LR
+
+    def check_model_class(self, model_class: type | None, model_name: str) -> None:
+        """Bottleneck adapters act on a transformer block's token vectors; a CNN's stages output feature maps."""
+        if TASK_CONFIGS[self.task_type].inputs != "tokens":
+            raise RecipeError(f"strategy adapters inserts bottleneck layers on token vectors, and model '{model_name}' "
+                              "reads pixels; use lora (on its 1x1 convolutions), bitfit, freeze or feature_extraction")
 
     def apply(self, model: nn.Module) -> nn.Module:
         c = self.cfg

@@ -51,6 +51,19 @@ def head_modules(model: nn.Module) -> list[str]:
     return sorted(heads)
 
 
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def hold_frozen_norms(model: nn.Module) -> None:
+    """Frozen means frozen: a batch-norm layer whose weights do not train runs in eval mode, so its running mean and
+    variance stay as pretrained (in train mode every batch would move them, the drift users of other tools report in
+    "frozen" CNN feature extractors)."""
+    for module in model.modules():
+        if isinstance(module, _BATCH_NORMS) and module.affine and not any(
+                p.requires_grad for p in module.parameters(recurse=False)):
+            module.eval()
+
+
 class Strategy:
     """Base: full fine-tuning. Subclasses override ``apply`` and, where needed, the hooks below."""
 
@@ -85,8 +98,10 @@ class Strategy:
             return None
 
     def set_train_mode(self, model: nn.Module) -> None:
-        """Put modules in train or eval mode (a frozen backbone runs in eval mode: no dropout)."""
+        """Put modules in train or eval mode (a frozen backbone runs in eval mode: no dropout; frozen batch norms
+        keep their statistics)."""
         model.train()
+        hold_frozen_norms(model)
 
     def on_step_end(self, step: int, epoch: int, end_of_epoch: bool, model: nn.Module) -> bool:
         """Hook after each optimiser step; returns True when the set of trainable parameters changed."""
@@ -136,7 +151,7 @@ class Freeze(Strategy):
 
     def set_train_mode(self, model: nn.Module) -> None:
         """With ``cache_boundary`` the frozen stem and bottom blocks run in eval mode (no dropout), cached or not."""
-        model.train()
+        super().set_train_mode(model)
         if getattr(self.cfg, "cache_boundary", False):
             from tunelab.train.feature_cache import frozen_prefix
 

@@ -1,4 +1,4 @@
-"""Find a model's stack(s) of transformer blocks and select among them.
+"""Find a model's blocks — transformer blocks or CNN stages — and select among them.
 
 Every layer-wise strategy (freeze bottom/top/fraction/every-n/indices/patterns, gradual
 unfreezing, discriminative learning rates) needs the same question answered: *which modules
@@ -9,6 +9,11 @@ GPT-2 ``transformer.h``, T5 ``encoder.block`` + ``decoder.block``) and PEFT pref
 
     an ``nn.ModuleList`` whose children all share one class and contain attention,
     not nested inside another such list.
+
+Image models from timm say themselves what their blocks are: ``group_matcher(coarse=True)`` groups the modules into
+stem, stages (EfficientNet ``blocks.0-6``, ResNet ``layer1-4``, VGG's convolutions, ConvNeXt ``stages.0-3``) and
+head. There the stages are the blocks, the stem plays the embeddings' part (depth 0) and whatever follows the last
+stage (EfficientNet's ``conv_head``, the classifier) sits above them, so every layer-wise strategy works on CNNs too.
 
 Conventions (documented once, used by every strategy):
 
@@ -83,12 +88,44 @@ def find_block_stacks(model: nn.Module) -> list[BlockStack]:
     return stacks
 
 
+def timm_stages(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """A timm image model's stages in depth order, with full dotted names; None if no timm model is inside.
+
+    The stages are timm's coarse groups between the first (stem) and the last (head). A group that spans a stage and
+    modules after it (EfficientNet's last stage with ``conv_head`` and ``bn2``) counts as the stage; the rest of it
+    then sits above the blocks with the head.
+    """
+    owner_path, owner = next(((name, module) for name, module in model.named_modules()
+                              if callable(getattr(module, "group_matcher", None))), ("", None))
+    if owner is None:
+        return None
+    from timm.models import group_modules  # only for timm models: importing timm costs seconds that text runs skip
+
+    groups = [names for _, names in sorted(group_modules(owner, owner.group_matcher(coarse=True)).items())]
+    stages = []
+    for names in groups[1:-1]:
+        top = names[0].split(".")[0]
+        parts = [name.split(".") for name in names if name.split(".")[0] == top]
+        common = []
+        for level in zip(*parts):
+            if len(set(level)) > 1:
+                break
+            common.append(level[0])
+        path = ".".join(common)
+        stages.append((f"{owner_path}.{path}" if owner_path else path, owner.get_submodule(path)))
+    return stages
+
+
 def ordered_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """All blocks of all stacks as one list in depth order, with full dotted names.
 
     Encoder-decoder models give encoder blocks first, then decoder blocks, because that is the
-    order data flows through them; "bottom" therefore means the encoder's first blocks.
+    order data flows through them; "bottom" therefore means the encoder's first blocks. Image models from
+    timm give their stages (``timm_stages``).
     """
+    stages = timm_stages(model)
+    if stages:
+        return stages
     return [
         (f"{stack.name}.{i}", block)
         for stack in find_block_stacks(model)
@@ -102,6 +139,9 @@ def describe_blocks(model: nn.Module) -> str:
     Error messages use it so that a user who asks for a block that does not exist sees
     what does.
     """
+    stages = timm_stages(model)
+    if stages:
+        return ", ".join(name for name, _ in stages)
     return " then ".join(
         f"{stack.name}.0-{len(stack.blocks) - 1}" for stack in find_block_stacks(model)
     )

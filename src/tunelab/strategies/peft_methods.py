@@ -33,24 +33,30 @@ from torch import nn
 
 from tunelab.errors import ModelError, RecipeError, RunError
 from tunelab.strategies.base import FROZEN_HEAD_LR, Strategy, head_modules
+from tunelab.tasks.config import TASK_CONFIGS
 
 PEFT_METHODS = ("lora", "dora", "ia3", "prefix_tuning", "prompt_tuning")
 MERGEABLE = ("lora", "dora", "ia3")
 
-_TASK_TYPES = {
-    "classification": TaskType.SEQ_CLS,
-    "causal_lm": TaskType.CAUSAL_LM,
-    "seq2seq": TaskType.SEQ_2_SEQ_LM,
-}
 
 
 def adaptable_layers(model: nn.Module) -> list[str]:
-    """Distinct last names of the model's ``nn.Linear`` layers outside the head: what a target may name."""
+    """Distinct last names of the model's linear and convolution layers outside the head: what a target may name."""
     heads = tuple(head + "." for head in head_modules(model))
     return sorted(
         {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-         if isinstance(module, nn.Linear) and not (name + ".").startswith(heads)}
+         if isinstance(module, (nn.Linear, nn.Conv2d)) and not (name + ".").startswith(heads)}
     )
+
+
+def pointwise_layers(model: nn.Module) -> list[str]:
+    """Full names of an image model's 1x1 convolutions and linear layers outside the head: LoRA's and IA3's default
+    targets on a CNN (they carry most of its weights; peft adapts them as it adapts a linear layer)."""
+    heads = tuple(head + "." for head in head_modules(model))
+    return [name for name, module in model.named_modules()
+            if not (name + ".").startswith(heads) and (
+                isinstance(module, nn.Linear)
+                or (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1))]
 
 
 def check_targets(model: nn.Module, targets: list[str], key: str) -> None:
@@ -66,8 +72,11 @@ def check_targets(model: nn.Module, targets: list[str], key: str) -> None:
 
 
 def _defaults(mapping: dict[str, list[str]], model: nn.Module, key: str) -> list[str]:
-    """peft's default modules for the model's architecture, or a recipe error asking for them."""
+    """peft's default modules for the model's architecture (for image models: ``pointwise_layers``), or a recipe
+    error asking for them."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type is None and any(callable(getattr(m, "group_matcher", None)) for m in model.modules()):
+        return pointwise_layers(model)  # a timm image model
     if model_type not in mapping:
         raise RecipeError(
             f"strategy.{key}: no default is known for model type {model_type!r}; set it to some of the model's "
@@ -89,7 +98,7 @@ def prefix_refusal(model_class: type, task_type: str, model_name: str) -> str | 
     argument). Decoders and encoder-decoders receive it as a keyword (transformers 5.24 still accepts the name there,
     deprecated), so they run.
     """
-    if task_type != "classification":
+    if TASK_CONFIGS[task_type].peft_task_type != "SEQ_CLS":
         return None
     backbone = transformers.AutoModel._model_mapping.get(getattr(model_class, "config_class", None), None)
     if takes_cache(model_class) or (backbone is not None and takes_cache(backbone)):
@@ -112,7 +121,8 @@ class PeftStrategy(Strategy):
     def peft_config(self, model: nn.Module) -> PeftConfig:
         """The peft config for the model, with targets resolved and checked, and the head in modules_to_save."""
         c = self.cfg
-        task_type = _TASK_TYPES[self.task_type]
+        kind = TASK_CONFIGS[self.task_type].peft_task_type
+        task_type = TaskType[kind] if kind else None
         heads = head_modules(model) or None
         if c.method in ("lora", "dora"):
             targets = c.target_modules or _defaults(LORA_TARGETS, model, "target_modules")
@@ -142,7 +152,11 @@ class PeftStrategy(Strategy):
         return PromptTuningConfig(task_type=task_type, num_virtual_tokens=c.num_virtual_tokens, modules_to_save=heads)
 
     def check_model_class(self, model_class: type | None, model_name: str) -> None:
-        """Prefix tuning needs a model that takes a key/value cache (see ``prefix_refusal``)."""
+        """Prompts need a model that reads tokens; prefix tuning one that takes a key/value cache (``prefix_refusal``)."""
+        if self.cfg.method in ("prefix_tuning", "prompt_tuning") and TASK_CONFIGS[self.task_type].inputs != "tokens":
+            raise RecipeError(f"strategy {self.cfg.method} adds virtual tokens, and model '{model_name}' reads "
+                              f"{TASK_CONFIGS[self.task_type].inputs}, not tokens; use lora, ia3, bitfit, freeze or "
+                              "feature_extraction instead")
         if self.cfg.method == "prefix_tuning" and model_class is not None:
             reason = prefix_refusal(model_class, self.task_type, model_name)
             if reason:

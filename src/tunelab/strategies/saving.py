@@ -22,18 +22,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tunelab.errors import RunError
-from tunelab.recipe import Recipe
-
-
-def auto_class_for(task_type: str) -> Any:
-    """The transformers Auto class of a task type."""
-    import transformers
-
-    return {
-        "classification": transformers.AutoModelForSequenceClassification,
-        "causal_lm": transformers.AutoModelForCausalLM,
-        "seq2seq": transformers.AutoModelForSeq2SeqLM,
-    }[task_type]
+from tunelab.models.heads import replace_head
 
 
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -48,9 +37,9 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     return {key: value for shard in shards for key, value in load_file(folder / shard).items()}
 
 
-def load_model(final_dir: Path, info: dict[str, Any], recipe: Recipe) -> nn.Module:
-    """The trained model from final/, in eval mode, exactly as it was saved."""
-    auto = auto_class_for(recipe.task.type)
+def load_model(final_dir: Path, info: dict[str, Any], model_cfg: Any, auto: Any) -> nn.Module:
+    """The trained model from final/, in eval mode, exactly as it was saved; ``auto`` is the task's transformers
+    Auto class and ``model_cfg`` the recipe's model section (the base model a PEFT adapter applies to)."""
     names = info.get("labels")
     labels = {"num_labels": len(names), "id2label": dict(enumerate(names)),
               "label2id": {name: i for i, name in enumerate(names)}} if names else {}
@@ -59,10 +48,10 @@ def load_model(final_dir: Path, info: dict[str, Any], recipe: Recipe) -> nn.Modu
 
         from tunelab.models import load_pretrained
 
-        base = load_pretrained(recipe.model.name, auto, trust_remote_code=recipe.model.trust_remote_code, **labels)
+        base = load_pretrained(model_cfg.name, auto, trust_remote_code=model_cfg.trust_remote_code, **labels)
         _maybe_custom_head(base, info)
         return PeftModel.from_pretrained(base, final_dir).eval()
-    model = auto.from_pretrained(final_dir, trust_remote_code=recipe.model.trust_remote_code)
+    model = auto.from_pretrained(final_dir, trust_remote_code=model_cfg.trust_remote_code)
     head = _maybe_custom_head(model, info)
     adapters = info.get("format") == "adapters"
     state = read_weights(final_dir) if head or adapters else {}
@@ -82,42 +71,31 @@ def _maybe_custom_head(model: nn.Module, info: dict[str, Any]) -> str | None:
     head = info.get("head")
     if not head:
         return None
-    from tunelab.tasks.classification import replace_head
-
     return replace_head(model, head["hidden"], head["activation"], head["dropout"], len(info["labels"]))
 
 
-def export_merged(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write a run's model as a plain Hugging Face folder (adapters merged into the weights); returns the folder.
+def export_merged(final: Path, info: dict[str, Any], model_cfg: Any, auto: Any, target: Path) -> Path:
+    """Write a text run's model as a plain Hugging Face folder (adapters merged into the weights); returns it.
 
     Why: a PEFT adapter needs peft and the base model at load time; a merged folder is one self-contained model that
     plain ``AutoModel*.from_pretrained`` loads and that runs as fast as the base model.
     """
     from transformers import AutoTokenizer
 
-    from tunelab.runfolder import existing_run
-
-    run_dir, recipe = existing_run(run_dir)
-    final = run_dir / "final"
-    info_path = final / "tunelab.json"
-    if not info_path.is_file():
-        raise RunError(f"{final}: no final model (the run did not finish); "
-                       f"resume it with tunelab train {run_dir} --resume")
-    info = json.loads(info_path.read_text(encoding="utf-8"))
+    run_dir = final.parent
     if info.get("head"):
         raise RunError(f"{run_dir}: the model has an MLP head (task.head.hidden), which plain transformers cannot "
                        "build; load it with tunelab.load instead")
     if info.get("format") == "adapters":
         raise RunError(f"{run_dir}: bottleneck adapters are non-linear and cannot be merged into the base weights, "
                        "and plain transformers cannot build them; load the run with tunelab.load instead")
-    target = Path(out) if out else run_dir / "merged"
     if target.exists():
         raise RunError(f"{target} already exists; remove it or give another --out folder")
-    model = load_model(final, info, recipe)
+    model = load_model(final, info, model_cfg, auto)
     if info.get("format") == "peft":
         from tunelab.strategies.peft_methods import merge
 
-        model = merge(model, info.get("method", recipe.strategy.method))
+        model = merge(model, info.get("method", "lora"))
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)

@@ -73,13 +73,13 @@ class CausalLMTask(GenerationTask):
     name = "causal_lm"
     decoder_only = True
 
-    def __init__(self, recipe: Recipe, tokenizer: Any) -> None:
+    def __init__(self, recipe: Recipe, tokenizer: Any = None) -> None:
         super().__init__(recipe, tokenizer)
         columns = recipe.data.columns
         self.prompt_col = columns.get("prompt", "prompt")
         self.completion_col = columns.get("completion", "completion")
         self.messages_col = columns.get("messages", "messages")
-        self.use_chat = recipe.task.chat_template and bool(getattr(tokenizer, "chat_template", None))
+        self.use_chat = recipe.task.chat_template and bool(getattr(self.tokenizer, "chat_template", None))
         self.slice_logits = True  # until a model refuses logits_to_keep
 
     def auto_class(self) -> Any:
@@ -175,7 +175,7 @@ class CausalLMTask(GenerationTask):
         return prepared
 
     # ---- batches and loss --------------------------------------------------------------------------------------
-    def collate(self, features: list[Feature]) -> dict[str, torch.Tensor]:
+    def collate(self, features: list[Feature], train: bool = False) -> dict[str, torch.Tensor]:
         """Right-pad (labels with -100), or with task.packing put several examples in each row."""
         if self.recipe.task.packing:
             return self.pack(features)

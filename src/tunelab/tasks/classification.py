@@ -14,60 +14,36 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
+from tunelab.data.labels import label_name  # noqa: F401 - re-exported for callers of the old home
 from tunelab.data.sources import Row
-from tunelab.errors import ModelError
 from tunelab.evaluate.metrics import classification_metrics
-from tunelab.models import architecture_class, load_pretrained
+from tunelab.models import load_pretrained
+from tunelab.models.heads import replace_head
 from tunelab.recipe import Recipe
-from tunelab.tasks.base import Feature, Prepared, write_final
+from tunelab.tasks.base import Feature, Prepared, TextTask, write_final
+from tunelab.tasks.labels import Labelled
 
-_ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
-
-
-class ClassificationTask:
+class ClassificationTask(Labelled, TextTask):
     """Sequence classification with labels given by name."""
 
     name = "classification"
-
-    def __init__(self, recipe: Recipe, tokenizer: Any, label_names: list[str] | None = None) -> None:
-        self.recipe = recipe
-        self.tokenizer = tokenizer
+    def __init__(self, recipe: Recipe, tokenizer: Any = None, label_names: list[str] | None = None) -> None:
+        super().__init__(recipe, tokenizer)
         self.text_col = recipe.data.columns.get("text", "text")
         self.label_col = recipe.data.columns.get("label", "label")
         self.set_labels(label_names or recipe.data.labels or [])
-        self.model: nn.Module | None = None
-
-    def set_labels(self, names: list[str]) -> None:
-        self.label_names = list(names)
-        self.label_ids = {name: index for index, name in enumerate(self.label_names)}
-
-    def fit_labels(self, train_rows: list[Row]) -> None:
-        """Label names in id order: as the recipe lists them, else the sorted names seen in training."""
-        from tunelab.data.prepare import label_names
-
-        self.set_labels(label_names(train_rows, self.label_col, self.recipe.data.labels))
-
-    def stratify_key(self, row: Row) -> str:
-        return str(label_name(row.values[self.label_col]))
 
     # ---- rows and features -------------------------------------------------------------------------------------
     def check_row(self, row: Row) -> str | None:
         values = row.values
-        for role, column in (("text", self.text_col), ("label", self.label_col)):
-            if column not in values:
-                return f"missing column '{column}' (the {role}; map it with data.columns.{role})"
+        if self.text_col not in values:
+            return f"missing column '{self.text_col}' (the text; map it with data.columns.text)"
         text = values[self.text_col]
         if not isinstance(text, str):
             return f"text in column '{self.text_col}' is {type(text).__name__}, not a string"
         if not text.strip():
             return f"empty text in column '{self.text_col}'"
-        label = label_name(values[self.label_col])
-        if label is None:
-            return f"label in column '{self.label_col}' is {values[self.label_col]!r}; expected a name or an integer"
-        if label not in self.label_ids:
-            return (f"unknown label '{label}' (not among the training labels: {', '.join(self.label_names)}); "
-                    "list every label in data.labels or add examples of it to the training data")
-        return None
+        return self.label_problem(values)
 
     def featurize(self, rows: list[Row]) -> Prepared:
         texts = [row.values[self.text_col] for row in rows]
@@ -81,20 +57,17 @@ class ClassificationTask:
                     continue
                 ids = ids[: max_length - 1] + ids[-1:]  # keep the closing special token
                 prepared.truncated += 1
-            label = self.label_ids[label_name(row.values[self.label_col])]
-            prepared.features.append({"input_ids": ids, "label": label})
+            prepared.features.append({"input_ids": ids, "label": self.label_id(row.values)})
         return prepared
 
-    def collate(self, features: list[Feature]) -> dict[str, torch.Tensor]:
+    def collate(self, features: list[Feature], train: bool = False) -> dict[str, torch.Tensor]:
         return pad_batch(features, self.tokenizer.pad_token_id or 0) | {
             "labels": torch.tensor([f["label"] for f in features], dtype=torch.long)
         }
 
     # ---- model and loss ----------------------------------------------------------------------------------------
-    def model_class(self) -> type | None:
-        """The class ``build_model`` makes, read from the config alone (strategies refuse what they cannot run on)."""
-        return architecture_class(self.recipe.model.name, AutoModelForSequenceClassification,
-                                  self.recipe.model.trust_remote_code)
+    def auto_class(self) -> Any:
+        return AutoModelForSequenceClassification
 
     def build_model(self) -> nn.Module:
         model, info = load_pretrained(
@@ -163,17 +136,6 @@ class ClassificationTask:
         write_final(folder, model, strategy, self.tokenizer, {"task": self.name, "labels": self.label_names, "head": head})
 
 
-def label_name(value: Any) -> str | None:
-    """Labels are kept as names; integers and integral floats from files become their decimal string."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else None
-    if isinstance(value, (int, str)):
-        return str(value).strip() or None
-    return None
-
-
 def too_long_message(length: int, max_length: int) -> str:
     """The one wording for over-long inputs, so skip counts group them together."""
     return f"input is {length} tokens, over task.max_length={max_length} (raise it, or set task.truncation: true)"
@@ -188,23 +150,3 @@ def pad_batch(features: list[Feature], pad_id: int) -> dict[str, torch.Tensor]:
         ids[i, : len(f["input_ids"])] = torch.tensor(f["input_ids"])
         mask[i, : len(f["input_ids"])] = 1
     return {"input_ids": ids, "attention_mask": mask}
-
-
-def replace_head(model: nn.Module, hidden: list[int], activation: str, dropout: float, num_labels: int) -> str:
-    """Swap the single linear classifier for a small MLP (the course's 'add new layers'); returns the head's name.
-
-    The head is the model's linear ``classifier`` (BERT-like) or ``score`` (decoder models); the MLP is
-    Linear-activation-dropout per hidden size, then the output Linear.
-    """
-    name = next((n for n in ("classifier", "score") if isinstance(getattr(model, n, None), nn.Linear)), None)
-    if name is None:
-        raise ModelError(f"task.head.hidden: {type(model).__name__} has no single linear classification head "
-                         "(classifier or score) to replace with an MLP; remove task.head.hidden for this model")
-    width = getattr(model, name).in_features
-    layers: list[nn.Module] = []
-    for size in hidden:
-        layers += [nn.Linear(width, size), _ACTIVATIONS[activation](), nn.Dropout(dropout)]
-        width = size
-    layers.append(nn.Linear(width, num_labels))
-    setattr(model, name, nn.Sequential(*layers))
-    return name

@@ -18,7 +18,7 @@ from torch import nn
 from tunelab.errors import DataError, RunError
 from tunelab.evaluate.metrics import generation_metrics, perplexity
 from tunelab.recipe import GenerateConfig, Recipe
-from tunelab.tasks.base import Feature, write_final
+from tunelab.tasks.base import Feature, TextTask, write_final
 
 IGNORE = -100  # the label value PyTorch's cross-entropy skips: prompt tokens and padding
 EVAL_TOKENS = 2048  # largest evaluation micro-batch in tokens (bounds the logits' memory: tokens x vocabulary)
@@ -161,27 +161,15 @@ def generate(model: nn.Module, tokenizer: Any, prompts: list[list[int]], cfg: Ge
     return out
 
 
-class GenerationTask:
+class GenerationTask(TextTask):
     """Base of the causal-LM and seq2seq tasks: everything but how rows become features and how loss is taken."""
 
     name = "generation"
     decoder_only = True
 
-    def __init__(self, recipe: Recipe, tokenizer: Any) -> None:
-        self.recipe = recipe
-        self.tokenizer = tokenizer
-        self.pad_id = pad_id(tokenizer)
-        self.model: nn.Module | None = None
-
-    def auto_class(self) -> Any:
-        """The transformers Auto class that builds this task's model."""
-        raise NotImplementedError
-
-    def model_class(self) -> type | None:
-        """The class ``build_model`` makes, read from the config alone (strategies refuse what they cannot run on)."""
-        from tunelab.models import architecture_class
-
-        return architecture_class(self.recipe.model.name, self.auto_class(), self.recipe.model.trust_remote_code)
+    def __init__(self, recipe: Recipe, tokenizer: Any = None) -> None:
+        super().__init__(recipe, tokenizer)
+        self.pad_id = pad_id(self.tokenizer)
 
     def build_model(self) -> nn.Module:
         """The pretrained model with its own language-model head: nothing is new, so nothing trains by default."""
@@ -203,7 +191,7 @@ class GenerationTask:
         """Collate for evaluation (never packed)."""
         return self.collate(features)
 
-    def collate(self, features: list[Feature]) -> dict[str, torch.Tensor]:
+    def collate(self, features: list[Feature], train: bool = False) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     @torch.inference_mode()

@@ -35,7 +35,7 @@ class Seq2SeqTask(GenerationTask):
     name = "seq2seq"
     decoder_only = False
 
-    def __init__(self, recipe: Recipe, tokenizer: Any) -> None:
+    def __init__(self, recipe: Recipe, tokenizer: Any = None) -> None:
         super().__init__(recipe, tokenizer)
         self.source_col = recipe.data.columns.get("source", "source")
         self.target_col = recipe.data.columns.get("target", "target")
@@ -77,7 +77,7 @@ class Seq2SeqTask(GenerationTask):
                                       "reference": row.values[self.target_col]})
         return prepared
 
-    def collate(self, features: list[Feature]) -> dict[str, torch.Tensor]:
+    def collate(self, features: list[Feature], train: bool = False) -> dict[str, torch.Tensor]:
         """Right-pad sources with the pad id and labels with -100."""
         ids = [f["input_ids"] for f in features]
         return {"input_ids": pad(ids, self.pad_id), "attention_mask": attention_mask(ids),

@@ -45,6 +45,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((3, tuple(state["python"]), state["python_pos"]))
 
 
+def buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's persistent buffers (batch norm's running mean and variance among them): training moves them as it
+    moves weights, so a checkpoint without them would resume, or restore the best step, with stale statistics."""
+    params = {name for name, _ in model.named_parameters()}
+    return {name: value.detach().clone() for name, value in model.state_dict().items() if name not in params}
+
+
 def save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], objects: dict[str, Any], state: dict) -> None:
     """Write tensors (safetensors), torch objects (optimizer, scheduler, rng) and JSON state, atomically."""
     tmp = folder.with_name(f".{folder.name}.tmp")

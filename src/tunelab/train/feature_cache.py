@@ -10,8 +10,9 @@ computing it every epoch is wasted work. Two caches use that:
   frozen stem (embeddings) and blocks below it are swapped out while the cache is active, so the model runs only
   its trainable blocks and what sits above them.
 
-Examples are found by their token ids (the unpadded row), so the task's own collation, loss and evaluation run
-unchanged: the cache answers whatever batches they form. Each cache checks itself once when built: a probe batch
+Examples are found by a key the task gives for each row of a model-input batch (``Task.cache_keys``: the unpadded
+token ids for text, the pixels for images), so the task's own collation, loss and evaluation run unchanged: the cache
+answers whatever batches they form. Each cache checks itself once when built: a probe batch
 through the cache must give the plain model's logits, else the run goes on the plain path and says why.
 """
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,9 +31,9 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from tunelab.errors import ModelError
 from tunelab.strategies import layers
 from tunelab.strategies.base import head_modules
+from tunelab.tasks.base import Task
 
-Key = tuple[int, ...]
-Collate = Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
+Key = tuple
 STEM_NAMES = ("embeddings", "embed_tokens")  # the module that feeds block 0 (BERT family, Llama family)
 PROBE_ATOL = 1e-4  # logits through the cache vs the plain model; float32 batching noise is ~1e-6
 
@@ -45,16 +46,12 @@ class _Stop(Exception):
     """Raised by a hook once the cached tensor is captured, so the rest of the forward pass is skipped."""
 
 
-def row_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[list[Key], list[int]]:
-    """Each row's key (its unpadded token ids) and length; rows must be right-padded, as collators pad for training."""
-    ids = input_ids.detach().cpu()
-    if attention_mask is None:
-        return [tuple(row.tolist()) for row in ids], [ids.shape[1]] * ids.shape[0]
-    mask = attention_mask.detach().cpu().long()
-    lengths = mask.sum(1)
-    if not torch.equal(lengths, mask.cumprod(1).sum(1)):
-        raise Unsupported("a batch is not right-padded, so rows cannot be matched to cached states")
-    return [tuple(row[:n].tolist()) for row, n in zip(ids, lengths.tolist())], lengths.tolist()
+def row_keys(task: Task, inputs: dict[str, torch.Tensor]) -> tuple[list[Key], list[int]]:
+    """Each row's key and length, from the task; a batch the task cannot key makes the cache unusable."""
+    try:
+        return task.cache_keys(inputs)
+    except ValueError as err:
+        raise Unsupported(str(err)) from None
 
 
 class Store:
@@ -101,11 +98,11 @@ class Store:
         return 0 if self.values is None else self.values[: self.used].nelement() * self.values.element_size()
 
 
-def _capture(model: nn.Module, module: nn.Module, store: Store, features: list[dict[str, Any]], collate: Collate,
+def _capture(model: nn.Module, module: nn.Module, store: Store, features: list[dict[str, Any]], task: Task,
              batch_size: int, device: torch.device, stop: bool) -> None:
     """Run the model over features (longest first, so the buffer is sized by the first batch) and store the input
     ``module`` receives; with ``stop`` the forward pass ends there."""
-    total = sum(len(f["input_ids"]) for f in features)
+    total = sum(task.length(f) for f in features)
     state: dict[str, Any] = {}
 
     def hook(mod: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -118,13 +115,13 @@ def _capture(model: nn.Module, module: nn.Module, store: Store, features: list[d
             raise _Stop
 
     handle = module.register_forward_pre_hook(hook, with_kwargs=True)
-    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+    order = sorted(range(len(features)), key=lambda i: -task.length(features[i]))
     try:
         with torch.no_grad():  # not inference_mode: the cached tensors feed autograd later
             for start in range(0, len(order), batch_size):
-                batch = collate([features[i] for i in order[start : start + batch_size]])
+                batch = task.collate([features[i] for i in order[start : start + batch_size]])
                 inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-                state["keys"], state["lengths"] = row_keys(inputs["input_ids"], inputs.get("attention_mask"))
+                state["keys"], state["lengths"] = row_keys(task, inputs)
                 with contextlib.suppress(_Stop):
                     model(**inputs)
     finally:
@@ -134,15 +131,17 @@ def _capture(model: nn.Module, module: nn.Module, store: Store, features: list[d
 class HeadReplay(nn.Module):
     """Stands in for the whole model: looks up each row's cached head input and runs only the head."""
 
-    def __init__(self, head: nn.Module, store: Store) -> None:
+    def __init__(self, head: nn.Module, store: Store, task: Task) -> None:
         super().__init__()
         self.head = head
         self.store = store
+        self.task = task
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                **_: Any) -> SequenceClassifierOutput:
-        keys, _lengths = row_keys(input_ids, attention_mask)
-        return SequenceClassifierOutput(logits=self.head(self.store.gather(keys, input_ids.shape[1], input_ids.device)))
+    def forward(self, **inputs: torch.Tensor) -> SequenceClassifierOutput:
+        keys, _lengths = row_keys(self.task, inputs)
+        first = next(iter(inputs.values()))
+        width = first.shape[1] if first.dim() > 1 else 1
+        return SequenceClassifierOutput(logits=self.head(self.store.gather(keys, width, first.device)))
 
 
 class StemReplay(nn.Module):
@@ -166,6 +165,7 @@ class Cache:
     kind: str
     store: Store
     owner: nn.Module  # the unwrapped model it was built from: the lookup hook sits on it, under any wrapper
+    task: Task
     head: nn.Module | None = None
     parent: nn.Module | None = None  # boundary cache: the module owning the stem and the one owning the blocks
     stem_attr: str = ""
@@ -185,13 +185,13 @@ class Cache:
         head-only stand-in for the head cache.
         """
         if self.kind == "head":
-            yield HeadReplay(self.head, self.store)
+            yield HeadReplay(self.head, self.store, self.task)
             return
         replay = StemReplay()
 
         def lookup(mod: nn.Module, args: tuple, kwargs: dict) -> None:
             ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
-            keys, _ = row_keys(ids, kwargs.get("attention_mask"))
+            keys, _ = row_keys(self.task, {"input_ids": ids, "attention_mask": kwargs.get("attention_mask")})
             replay.next_output = self.store.gather(keys, ids.shape[1], ids.device)
 
         handle = self.owner.register_forward_pre_hook(lookup, with_kwargs=True)
@@ -250,12 +250,12 @@ def frozen_prefix(model: nn.Module) -> list[nn.Module]:
     return [stem, *list(blocks)[:boundary]]
 
 
-def _probe_matches(model: nn.Module, cache: Cache, features: list[dict[str, Any]], collate: Collate,
+def _probe_matches(model: nn.Module, cache: Cache, features: list[dict[str, Any]], task: Task,
                    device: torch.device) -> float:
     """Largest logit difference between the plain model and the cache on a few short and long examples."""
-    by_length = sorted(features, key=lambda f: len(f["input_ids"]))
+    by_length = sorted(features, key=task.length)
     probe = by_length[:2] + by_length[len(by_length) // 2 : len(by_length) // 2 + 2] + by_length[-2:]
-    batch = {k: v.to(device) for k, v in collate(probe).items() if k != "labels"}
+    batch = {k: v.to(device) for k, v in task.collate(probe).items() if k != "labels"}
     was_training = {m: m.training for m in model.modules()}
     model.eval()
     try:
@@ -269,7 +269,7 @@ def _probe_matches(model: nn.Module, cache: Cache, features: list[dict[str, Any]
     return (plain - cached).abs().max().item()
 
 
-def build_cache(kind: str, model: nn.Module, splits: list[list[dict[str, Any]]], collate: Collate,
+def build_cache(kind: str, model: nn.Module, splits: list[list[dict[str, Any]]], task: Task,
                 batch_size: int, device: torch.device) -> Cache:
     """Run the frozen part once over every example of ``splits`` and return the checked cache.
 
@@ -282,13 +282,13 @@ def build_cache(kind: str, model: nn.Module, splits: list[list[dict[str, Any]]],
         heads = head_modules(model)
         if len(heads) != 1:
             raise Unsupported(f"the model has {len(heads)} new head modules; the feature cache handles one")
-        cache = Cache("head", store, model, head=model.get_submodule(heads[0]))
+        cache = Cache("head", store, model, task, head=model.get_submodule(heads[0]))
         capture_at, stop = cache.head, False
     else:
         stem_path, stem, stack_path, blocks, boundary = frozen_bottom(model)
         stem_parent, _, stem_attr = stem_path.rpartition(".")
         stack_parent, _, stack_attr = stack_path.rpartition(".")
-        cache = Cache("boundary", store, model, parent=model.get_submodule(stem_parent) if stem_parent else model,
+        cache = Cache("boundary", store, model, task, parent=model.get_submodule(stem_parent) if stem_parent else model,
                       stem_attr=stem_attr, stem=stem,
                       stack_parent=model.get_submodule(stack_parent) if stack_parent else model,
                       stack_attr=stack_attr, full_stack=blocks, short_stack=nn.ModuleList(list(blocks)[boundary:]),
@@ -299,11 +299,11 @@ def build_cache(kind: str, model: nn.Module, splits: list[list[dict[str, Any]]],
     was_training = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        _capture(model, capture_at, store, features, collate, batch_size, device, stop)
+        _capture(model, capture_at, store, features, task, batch_size, device, stop)
     finally:
         for module, mode in was_training.items():
             module.train(mode)
-    worst = _probe_matches(model, cache, features, collate, device)
+    worst = _probe_matches(model, cache, features, task, device)
     if not worst <= PROBE_ATOL:
         raise Unsupported(f"logits through the cache differ from the plain model's by {worst:.2e} (> {PROBE_ATOL})")
     cache.seconds = time.perf_counter() - started
@@ -320,7 +320,7 @@ def cache_kind(strategy: Any) -> str | None:
     return None
 
 
-def prepare(strategy: Any, model: nn.Module, splits: list[list[dict[str, Any]]], collate: Collate, batch_size: int,
+def prepare(strategy: Any, model: nn.Module, splits: list[list[dict[str, Any]]], task: Task, batch_size: int,
             device: torch.device, processes: int) -> tuple[Cache | None, str | None]:
     """The cache this run asked for, built, and a line for the run summary (None when the recipe asks for none)."""
     kind = cache_kind(strategy)
@@ -329,7 +329,7 @@ def prepare(strategy: Any, model: nn.Module, splits: list[list[dict[str, Any]]],
     if kind == "head" and processes > 1:
         return None, "off: the head-only stand-in is not wrapped for several processes, so it would not sync gradients"
     try:
-        cache = build_cache(kind, model, splits, collate, batch_size, device)
+        cache = build_cache(kind, model, splits, task, batch_size, device)
     except Unsupported as why:
         return None, f"off: {why}"
     return cache, cache.describe()

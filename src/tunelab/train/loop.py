@@ -46,8 +46,10 @@ class LoopState:
     out_of_time: bool = False
     skipped_steps: int = 0
     train_seconds: float = 0.0
+    one_off_seconds: float = 0.0  # building frozen-feature caches: paid once, not per step
     examples_seen: int = 0
     strategy: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, str] = field(default_factory=dict)  # fingerprint of every split: a resume must see the same data
 
 
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[list[int]]:
@@ -77,12 +79,13 @@ class Trainer:
     """Owns one training run's model, optimiser and state; ``fit`` runs it, resuming if a checkpoint exists."""
 
     def __init__(self, recipe: Recipe, task: Task, strategy: Strategy, model: torch.nn.Module,
-                 train: list[Feature], validation: list[Feature], run_dir: Path, accelerator: Accelerator) -> None:
+                 train: list[Feature], validation: list[Feature], run_dir: Path, accelerator: Accelerator,
+                 data_fingerprint: dict[str, str] | None = None) -> None:
         self.recipe, self.task, self.strategy = recipe, task, strategy
         self.train_features, self.val_features = train, validation
         self.run_dir, self.acc = run_dir, accelerator
         self.ckpt_dir = run_dir / "checkpoints"
-        self.lengths = [len(f["input_ids"]) for f in train]
+        self.lengths = [task.length(f) for f in train]
         self.per_epoch = math.ceil(len(train) / recipe.train.batch_size)
         self.total = total_steps(recipe, self.per_epoch)
         self.candidates = strategy.trainable_candidates(model)
@@ -92,7 +95,7 @@ class Trainer:
         # the scheduler stays unprepared: accelerate would step it once per process, not once per optimiser step
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.scheduler = scheduler
-        self.state = LoopState()
+        self.state = LoopState(data=dict(data_fingerprint or {}))
         self.stop_requested = False
         self.cache: feature_cache.Cache | None = None  # built in fit(): its time is training time
         self.speedups = speed.configure(recipe, accelerator.unwrap_model(self.model))  # what each did, for the summary
@@ -102,11 +105,12 @@ class Trainer:
         """Write a step checkpoint (main process only) and prune old ones, keeping the best."""
         folder = self.ckpt_dir / f"step-{self.state.step:07d}"
         if self.acc.is_main_process:
-            named = dict(self.acc.unwrap_model(self.model).named_parameters())
+            model = self.acc.unwrap_model(self.model)
+            named = dict(model.named_parameters())
             self.state.strategy = self.strategy.state()
             ckpt.save_checkpoint(
                 folder,
-                {name: named[name] for name in self.candidates},
+                {name: named[name] for name in self.candidates} | ckpt.buffers(model),
                 {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state()},
                 asdict(self.state),
             )
@@ -127,7 +131,14 @@ class Trainer:
         self.optimizer.load_state_dict(objects["optimizer"])
         self.scheduler.load_state_dict(objects["scheduler"])
         ckpt.set_rng_state(objects["rng"])
-        self.state = LoopState(**state)
+        saved = LoopState(**state)
+        changed = [name for name in sorted(set(saved.data) | set(self.state.data))
+                   if saved.data and saved.data.get(name) != self.state.data.get(name)]
+        if changed:
+            raise RunError(f"{folder}: the {', '.join(changed)} data differ from what this run trained on (split "
+                           f"fingerprints {', '.join(f'{n} {saved.data.get(n)} -> {self.state.data.get(n)}' for n in changed)}); "
+                           "a resumed run must see the very same examples. Restore the data, or start a new run.")
+        self.state = saved
         self.strategy.load_state(self.state.strategy, model)
 
     def load_best(self) -> None:
@@ -152,7 +163,8 @@ class Trainer:
             scale = world / count
             if not mine:  # keep collective ops in step: a zero-weighted forward on someone else's example
                 mine, scale = chunk[:1], 0.0
-            batch = {key: value.to(self.acc.device) for key, value in self.task.collate(mine).items()}
+            augment = self.cache is None  # cached features were computed from un-augmented inputs
+            batch = {key: value.to(self.acc.device) for key, value in self.task.collate(mine, train=augment).items()}
             sync = contextlib.nullcontext() if k == len(chunks) - 1 else self.acc.no_sync(self.model)
             with sync, self._forward() as model:
                 loss = self.task.loss_sum(model, batch)
@@ -251,6 +263,8 @@ class Trainer:
                         if not due:
                             self.save()
                         raise KeyboardInterrupt
+                    if end_of_epoch:
+                        break  # the next epoch draws its own order (a resumed run draws it the same way)
         return self.state
 
     def _eval_and_checkpoint(self, log: Any, name: str) -> None:
@@ -278,11 +292,13 @@ class Trainer:
         started = time.perf_counter()
         self.cache, note = feature_cache.prepare(
             self.strategy, self.acc.unwrap_model(self.model), [self.train_features, self.val_features],
-            self.task.collate, self.recipe.eval.batch_size, self.acc.device, self.acc.num_processes)
+            self.task, self.recipe.eval.batch_size, self.acc.device, self.acc.num_processes)
         self.strategy.set_train_mode(self.model)
-        if note:
+        seconds = time.perf_counter() - started
+        if note:  # a cache was asked for: its build (or failed attempt) is one-off work, reported apart from steps
             self.speedups[f"{feature_cache.cache_kind(self.strategy)}_cache"] = note
-        self.state.train_seconds += time.perf_counter() - started
+            self.state.one_off_seconds += seconds
+        self.state.train_seconds += seconds
 
     def _forward(self) -> contextlib.AbstractContextManager[torch.nn.Module]:
         """The module forward passes go through: the model, or the model served by the frozen-part cache."""

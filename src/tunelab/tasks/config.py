@@ -1,0 +1,108 @@
+"""The ``task`` section of a recipe: one options class per task type, joined in a tagged union on ``type``.
+
+As with strategies, a key that belongs to another task type (``packing`` on a classifier) is refused by name instead
+of being ignored. Each class also says what the rest of tunelab needs to know about its task without importing it:
+the data columns it reads (``column_roles``), and the metric that picks the best checkpoint by default.
+
+Kept free of torch and of the task modules themselves, so that ``recipe.py`` can import it at the bottom layer.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _TaskOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    column_roles: ClassVar[list[str]] = []
+    default_metric: ClassVar[tuple[str, Literal["max", "min"]]] = ("loss", "min")
+    peft_task_type: ClassVar[str | None] = None  # peft's TaskType name; None: a plain module (peft's generic wrapper)
+    inputs: ClassVar[Literal["tokens", "pixels"]] = "tokens"  # what the model reads (strategies that need tokens ask)
+
+
+class HeadConfig(_TaskOptions):
+    hidden: list[int] = Field(default_factory=list, description="Hidden sizes of extra head layers; [] = one linear layer.")
+    activation: Literal["gelu", "relu", "tanh"] = "gelu"
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class _TextOptions(_TaskOptions):
+    max_length: int = Field(128, gt=0, description="Longest input in tokens.")
+    truncation: bool = Field(False, description="Truncate over-long inputs (counted); if false they are an error.")
+
+
+class ClassificationConfig(_TextOptions):
+    """Text classification: a new head on a pretrained encoder (or decoder)."""
+
+    column_roles: ClassVar[list[str]] = ["text", "label"]
+    default_metric: ClassVar[tuple[str, Literal["max", "min"]]] = ("accuracy", "max")
+    peft_task_type: ClassVar[str | None] = "SEQ_CLS"
+    type: Literal["classification"] = "classification"
+    head: HeadConfig = Field(default_factory=HeadConfig)
+
+
+class _GenerationOptions(_TextOptions):
+    prompt_template: str | None = Field(None, description="Build the prompt (causal_lm) or source (seq2seq) from the "
+                                        "row's columns, e.g. 'Translate English to Spanish: {source}'.")
+
+
+class CausalLMConfig(_GenerationOptions):
+    """Decoder-only generation: chats or prompt/completion pairs."""
+
+    column_roles: ClassVar[list[str]] = ["prompt", "completion", "messages"]
+    peft_task_type: ClassVar[str | None] = "CAUSAL_LM"
+    type: Literal["causal_lm"]
+    system_prompt: str | None = Field(None, description="A system message put before every prompt (rows with their "
+                                      "own system message keep it).")
+    chat_template: bool = Field(True, description="Render with the tokenizer's chat template when it has one.")
+    loss_on: Literal["answer", "all"] = Field("answer", description="Train on answer tokens only (prompt tokens "
+                                              "masked with -100), or on every token.")
+    packing: bool = Field(False, description="Pack a micro-batch's examples into shared rows, each one attending only "
+                          "to itself (needs a model whose mask follows position ids).")
+
+
+class Seq2SeqConfig(_GenerationOptions):
+    """Encoder-decoder generation: source -> target (translation, summaries)."""
+
+    column_roles: ClassVar[list[str]] = ["source", "target"]
+    peft_task_type: ClassVar[str | None] = "SEQ_2_SEQ_LM"
+    type: Literal["seq2seq"]
+    max_target_length: int | None = Field(None, gt=0, description="Longest target in tokens (default max_length).")
+
+
+class ImageClassificationConfig(_TaskOptions):
+    """Image classification: a new head on a pretrained CNN or vision transformer (timm)."""
+
+    column_roles: ClassVar[list[str]] = ["image", "label"]
+    default_metric: ClassVar[tuple[str, Literal["max", "min"]]] = ("accuracy", "max")
+    inputs: ClassVar[Literal["tokens", "pixels"]] = "pixels"
+    type: Literal["image_classification"]
+    pretrained: bool = Field(True, description="Start from the pretrained weights; false trains the same "
+                             "architecture from random initialisation (the 'from scratch' baseline).")
+    image_size: int | None = Field(None, gt=7, description="Side of the square input in pixels (default: the "
+                                   "backbone's own, e.g. 224).")
+    augment: bool = Field(True, description="Random resized crop and horizontal flip on training images (off for "
+                          "cached features, which are computed once from the plain images).")
+    hflip: bool = Field(True, description="Flip training images horizontally; turn off where a mirror image means "
+                        "something else (digits, text).")
+    scale: tuple[float, float] = Field((0.5, 1.0), description="Area range of the random resized crop.")
+    drop_rate: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout before the classifier.")
+
+
+TASK_CONFIGS: dict[str, type[_TaskOptions]] = {
+    "classification": ClassificationConfig, "causal_lm": CausalLMConfig, "seq2seq": Seq2SeqConfig,
+    "image_classification": ImageClassificationConfig,
+}
+
+TaskConfig = Annotated[
+    Union[ClassificationConfig, CausalLMConfig, Seq2SeqConfig, ImageClassificationConfig],
+    Field(discriminator="type"),
+]
+
+
+def fields_of_task(task_type: str) -> list[str]:
+    """Valid option names of one task type, for did-you-mean messages."""
+    cls = TASK_CONFIGS.get(task_type)
+    return list(cls.model_fields) if cls else []
