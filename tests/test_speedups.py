@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from tests.conftest import make_recipe
 from tunelab import api
 from tunelab.recipe import load_recipe
-from tunelab.strategies.base import make_strategy
+from tunelab.strategies.registry import make_strategy
 from tunelab.tasks import build_task
 from tunelab.train import feature_cache
 

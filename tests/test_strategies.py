@@ -34,7 +34,7 @@ from tunelab.cli import app
 from tunelab.errors import RecipeError
 from tunelab.recipe import parse_recipe
 from tunelab.api import warn_low_lr
-from tunelab.strategies.base import make_strategy
+from tunelab.strategies.registry import make_strategy
 from tunelab.train.optim import head_rate, make_optimizer, param_groups
 
 def options(raw: dict[str, Any], task_type: str = "classification", **sections: Any) -> Any:
@@ -433,3 +433,15 @@ def _plain_load(final: Path, base_dir: Path, info: dict) -> nn.Module | None:
 
     base = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=2)
     return PeftModel.from_pretrained(base, final).eval()
+
+
+def test_a_saved_adapter_names_a_catalog_base_model_by_its_hub_id(tmp_path: Path) -> None:
+    """peft records the base model's folder; inside site-packages that path exists on no other machine."""
+    from tunelab.models.catalog import CATALOG, packaged_file
+
+    model = tiny_bert()
+    model.name_or_path = str(packaged_file("minilm-l6"))  # as from_pretrained sets it
+    strategy = make_strategy(options({"method": "lora"}).strategy)
+    strategy.save_model(strategy.apply(model), tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == CATALOG["minilm-l6"]["hub_id"]

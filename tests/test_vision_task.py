@@ -21,7 +21,7 @@ from tunelab import api
 from tunelab.errors import DataError, RecipeError, RunError
 from tunelab.recipe import load_recipe
 from tunelab.strategies import layers
-from tunelab.strategies.base import make_strategy
+from tunelab.strategies.registry import make_strategy
 from tunelab.tasks import build_task
 from tunelab.train.loop import Trainer, seed_everything
 from tunelab.train.optim import make_optimizer, param_groups

@@ -27,9 +27,10 @@ from tunelab.recipe import Recipe, load_recipe
 from tunelab.io import write_json
 from tunelab.runfolder import (MetricsLog, check_not_finished, checkpoint_bytes, existing_run, new_run_dir,
                                require_free_space, run_dir_for)
-from tunelab.strategies.base import make_strategy
+from tunelab.strategies.registry import make_strategy
 from tunelab.run import Run
 from tunelab.tasks import build_task
+from tunelab.tracking import require_trackers, start_trackers
 from tunelab.tasks.generation import side_by_side
 from tunelab.train.checkpoint import complete_checkpoints
 from tunelab.train.loop import Trainer, seed_everything
@@ -72,7 +73,8 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, Any]:
     """Total, trainable and frozen parameters (the seed's '247M total, 222M frozen, 24M trainable')."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"total": total, "trainable": trainable, "frozen": total - trainable,
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)  # counted, not derived, so checkable
+    return {"total": total, "trainable": trainable, "frozen": frozen,
             "trainable_share": trainable / total if total else 0.0}
 
 
@@ -117,6 +119,7 @@ def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bo
         run_dir, recipe = existing_run(Path(recipe.output.dir) / name)
     if not resume:
         run_dir_for(recipe, name, overwrite)  # a bad name or a folder it may not replace: refused before any work
+    require_trackers(recipe.output.trackers)
     if resume:
         check_not_finished(run_dir)
     seed_everything(recipe.seed)
@@ -140,7 +143,9 @@ def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bo
     before_weights = snapshot(model, fixed)  # frozen weights as digests: a copy would double the memory
     before = _eval_splits(task, model, data, recipe) if recipe.eval.before else {}
 
-    log = MetricsLog(run_dir / "metrics.jsonl", enabled=acc.is_main_process)
+    trackers = (start_trackers(recipe.output.trackers, run_dir, run_dir.name, recipe.model_dump(mode="json"))
+                if acc.is_main_process else [])
+    log = MetricsLog(run_dir / "metrics.jsonl", enabled=acc.is_main_process, trackers=trackers)
     trainer = Trainer(recipe, task, strategy, model, data.splits["train"], data.splits["validation"], run_dir, acc,
                       data_fingerprint=split_fingerprints(data.splits))
     found = complete_checkpoints(run_dir / "checkpoints") if resume else []
@@ -157,6 +162,8 @@ def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bo
     except KeyboardInterrupt:
         raise RunError(f"interrupted at step {trainer.state.step}; a checkpoint was saved. Continue with: "
                        f"tunelab train {run_dir} --resume") from None
+    finally:
+        log.close()  # tracker files complete, however training ended
     trainer.load_best()
     final_model = acc.unwrap_model(trainer.model)
     after = _eval_splits(task, final_model, data, recipe)

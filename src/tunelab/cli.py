@@ -8,39 +8,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from tunelab.errors import TunelabError
+from tunelab import cli_compare, cli_generate  # noqa: F401  (they register compare, generate and chat on app)
+from tunelab.cli_common import Overrides, _run, app, console, read_inputs
 from tunelab.runfolder import check_name
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
-                  help="tunelab: fine-tune pretrained models with every strategy, and see honestly which one wins.")
-console = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes get full module names
-
-Overrides = Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe key: --set train.lr=3e-5 (repeatable).")]
-
-
-def _run(fn, *args, **kwargs):  # noqa: ANN001, ANN202 - thin error boundary
-    try:
-        return fn(*args, **kwargs)
-    except TunelabError as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-
-
-def read_inputs(given: list[str] | None, file: Path | None, missing: str) -> list[str]:
-    """Inputs from arguments plus the non-blank lines of --file; a missing file or no input is one clear error."""
-    inputs = list(given or [])
-    if file:
-        if not file.is_file():
-            console.print(f"[bold red]error:[/] {file}: no such file")
-            raise typer.Exit(2)
-        inputs += [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not inputs:
-        console.print(f"[bold red]error:[/] {missing}")
-        raise typer.Exit(2)
-    return inputs
 
 
 @app.command()
@@ -198,6 +170,3 @@ def main() -> None:
     """Entry point for ``python -m tunelab``."""
     app(sys.argv[1:])
 
-
-from tunelab import cli_compare  # noqa: E402, F401  (registers `tunelab compare`)
-from tunelab import cli_generate  # noqa: E402, F401  (registers `tunelab generate` and `tunelab chat`)

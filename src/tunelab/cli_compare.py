@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tunelab.cli import Overrides, _run, app, console
+from tunelab.cli_common import Overrides, _run, app, console
 from tunelab.errors import RecipeError
 
 

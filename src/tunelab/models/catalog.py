@@ -83,6 +83,21 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
 
 
+def portable_name(name_or_path: str) -> str:
+    """A catalog model's hub id in place of its folder inside this machine's site-packages (what peft writes as
+    an adapter's base model), so a saved adapter names a base model that exists on another machine; anything
+    else is returned as it is."""
+    for name, entry in CATALOG.items():
+        if entry["format"] == "hf-folder":
+            try:
+                packaged = packaged_file(name)
+            except ModelError:
+                continue
+            if os.path.realpath(name_or_path) == os.path.realpath(packaged):
+                return entry["hub_id"]
+    return name_or_path
+
+
 def model_path(name: str) -> str:
     """Resolve a recipe's model name to what `from_pretrained` takes: a local folder or a hub id.
 

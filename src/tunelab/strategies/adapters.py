@@ -22,7 +22,7 @@ from torch import nn
 from tunelab.errors import ModelError, RecipeError
 from tunelab.strategies import layers
 from tunelab.strategies.base import FROZEN_HEAD_LR, Strategy, new_params, set_trainable
-from tunelab.tasks.config import TASK_CONFIGS
+from tunelab.task_options import TASK_CONFIGS
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 

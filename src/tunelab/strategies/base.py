@@ -153,9 +153,7 @@ class Freeze(Strategy):
         """With ``cache_boundary`` the frozen stem and bottom blocks run in eval mode (no dropout), cached or not."""
         super().set_train_mode(model)
         if getattr(self.cfg, "cache_boundary", False):
-            from tunelab.train.feature_cache import frozen_prefix
-
-            for module in frozen_prefix(model):
+            for module in layers.frozen_prefix(model):
                 module.eval()
 
 
@@ -257,24 +255,3 @@ class GradualUnfreeze(Strategy):
     def load_state(self, state: dict[str, Any], model: nn.Module) -> None:
         self.stage = int(state.get("stage", 0))
         self._unfreeze_to(model, self.stage)
-
-
-REGISTRY: dict[str, type[Strategy]] = {
-    "full": Strategy,
-    "freeze": Freeze,
-    "feature_extraction": FeatureExtraction,
-    "bitfit": BitFit,
-    "gradual_unfreeze": GradualUnfreeze,
-}
-
-
-def make_strategy(cfg: Any, task_type: str = "classification") -> Strategy:
-    """The strategy object for a validated ``strategy`` section; PEFT needs the task type (SEQ_CLS, CAUSAL_LM, ...)."""
-    from tunelab.strategies.adapters import Adapters
-    from tunelab.strategies.peft_methods import PEFT_METHODS, PeftStrategy
-
-    registry: dict[str, type[Strategy]] = {**REGISTRY, "adapters": Adapters}
-    registry |= dict.fromkeys(PEFT_METHODS, PeftStrategy)
-    if cfg.method not in registry:
-        raise ModelError(f"strategy.method '{cfg.method}' is not implemented; available: {', '.join(registry)}")
-    return registry[cfg.method](cfg, task_type)

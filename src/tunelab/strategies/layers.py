@@ -298,3 +298,43 @@ def depth_map(model: nn.Module) -> dict[str, int]:
     for name in pending:
         depths[name] = last + 1
     return depths
+
+
+STEM_NAMES = ("embeddings", "embed_tokens")  # the module that feeds block 0 (BERT family, Llama family)
+
+
+def frozen_bottom(model: nn.Module) -> tuple[str, nn.Module, str, nn.ModuleList, int]:
+    """The stem (parent path, module), the block stack (path, list) and the index of its lowest trainable block.
+
+    Raises ModelError when there is nothing to cache or the model does not have the one-stack shape the boundary
+    cache relies on.
+    """
+    stacks = find_block_stacks(model)
+    if len(stacks) != 1:
+        raise ModelError(f"the model has {len(stacks)} block stacks; the boundary cache handles one")
+    stack = stacks[0]
+    trainable = [i for i, block in enumerate(stack.blocks) if any(p.requires_grad for p in block.parameters())]
+    boundary = trainable[0] if trainable else len(stack.blocks)
+    parts = stack.name.split(".")
+    for end in range(len(parts) - 1, -1, -1):
+        owner_path = ".".join(parts[:end])
+        owner = model.get_submodule(owner_path) if owner_path else model
+        for attr in STEM_NAMES:
+            stem = getattr(owner, attr, None)
+            if isinstance(stem, nn.Module):
+                if any(p.requires_grad for p in stem.parameters()):
+                    raise ModelError(f"the stem {owner_path}.{attr} trains, so no hidden state below the blocks is fixed")
+                if boundary == 0:
+                    raise ModelError("block 0 trains, so only the embeddings are frozen; nothing worth caching")
+                return f"{owner_path}.{attr}".lstrip("."), stem, stack.name, stack.blocks, boundary
+    raise ModelError(f"no stem module named {' or '.join(STEM_NAMES)} above {stack.name}")
+
+
+def frozen_prefix(model: nn.Module) -> list[nn.Module]:
+    """The frozen stem and blocks the boundary cache replaces; with cache_boundary they always run in eval mode (no
+    dropout), cached or not, so the cached and the plain path compute the same function. Empty if there is none."""
+    try:
+        _, stem, _, blocks, boundary = frozen_bottom(model)
+    except ModelError:
+        return []
+    return [stem, *list(blocks)[:boundary]]

@@ -32,8 +32,9 @@ from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as LOR
 from torch import nn
 
 from tunelab.errors import ModelError, RecipeError, RunError
+from tunelab.models import portable_name
 from tunelab.strategies.base import FROZEN_HEAD_LR, Strategy, head_modules
-from tunelab.tasks.config import TASK_CONFIGS
+from tunelab.task_options import TASK_CONFIGS
 
 PEFT_METHODS = ("lora", "dora", "ia3", "prefix_tuning", "prompt_tuning")
 MERGEABLE = ("lora", "dora", "ia3")
@@ -177,9 +178,11 @@ class PeftStrategy(Strategy):
         return wrapped
 
     def save_model(self, model: nn.Module, folder: Path) -> dict[str, Any]:
-        """A standard PEFT adapter folder; the head is inside it (modules_to_save)."""
-        model.save_pretrained(folder)
+        """A standard PEFT adapter folder; the head is inside it (modules_to_save). A catalog base model is recorded
+        by its hub id, not by its folder on this machine, so the adapter loads elsewhere too."""
         config = model.peft_config["default"]
+        config.base_model_name_or_path = portable_name(config.base_model_name_or_path or "")
+        model.save_pretrained(folder)
         return {"format": "peft", "peft_type": str(config.peft_type.value), "method": self.cfg.method}
 
 

@@ -22,7 +22,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tunelab.errors import RunError
+from tunelab.models import load_pretrained
 from tunelab.models.heads import replace_head
+from tunelab.strategies.adapters import load_adapters
+from tunelab.strategies.peft_methods import merge
 
 
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -46,8 +49,6 @@ def load_model(final_dir: Path, info: dict[str, Any], model_cfg: Any, auto: Any)
     if info.get("format") == "peft":
         from peft import PeftModel
 
-        from tunelab.models import load_pretrained
-
         base = load_pretrained(model_cfg.name, auto, trust_remote_code=model_cfg.trust_remote_code, **labels)
         _maybe_custom_head(base, info)
         return PeftModel.from_pretrained(base, final_dir).eval()
@@ -60,8 +61,6 @@ def load_model(final_dir: Path, info: dict[str, Any], model_cfg: Any, auto: Any)
         if any(key.startswith(head + ".") for key in missing):
             raise RunError(f"{final_dir}: the saved weights lack part of the {head} head ({missing[0]})")
     if adapters:
-        from tunelab.strategies.adapters import load_adapters
-
         load_adapters(model, state, info["adapters"])
     return model.eval()
 
@@ -93,8 +92,6 @@ def export_merged(final: Path, info: dict[str, Any], model_cfg: Any, auto: Any, 
         raise RunError(f"{target} already exists; remove it or give another --out folder")
     model = load_model(final, info, model_cfg, auto)
     if info.get("format") == "peft":
-        from tunelab.strategies.peft_methods import merge
-
         model = merge(model, info.get("method", "lora"))
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

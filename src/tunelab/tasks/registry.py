@@ -2,7 +2,7 @@
 
 Modules are imported when a run asks for their type, so a text run never pays for importing timm and an image run
 never pays for the generation stack. A new task type is one module and one line here (and its options class in
-``tasks/config.py``).
+``task_options.py``).
 """
 
 from __future__ import annotations

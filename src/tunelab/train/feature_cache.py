@@ -34,7 +34,6 @@ from tunelab.strategies.base import head_modules
 from tunelab.tasks.base import Task
 
 Key = tuple
-STEM_NAMES = ("embeddings", "embed_tokens")  # the module that feeds block 0 (BERT family, Llama family)
 PROBE_ATOL = 1e-4  # logits through the cache vs the plain model; float32 batching noise is ~1e-6
 
 
@@ -210,46 +209,6 @@ class Cache:
                 f"built in {self.seconds:.1f} s)")
 
 
-def frozen_bottom(model: nn.Module) -> tuple[str, nn.Module, str, nn.ModuleList, int]:
-    """The stem (parent path, module), the block stack (path, list) and the index of its lowest trainable block.
-
-    Raises Unsupported when there is nothing to cache or the model does not have the one-stack shape the boundary
-    cache relies on.
-    """
-    try:
-        stacks = layers.find_block_stacks(model)
-    except ModelError as err:
-        raise Unsupported(str(err)) from None
-    if len(stacks) != 1:
-        raise Unsupported(f"the model has {len(stacks)} block stacks; the boundary cache handles one")
-    stack = stacks[0]
-    trainable = [i for i, block in enumerate(stack.blocks) if any(p.requires_grad for p in block.parameters())]
-    boundary = trainable[0] if trainable else len(stack.blocks)
-    parts = stack.name.split(".")
-    for end in range(len(parts) - 1, -1, -1):
-        owner_path = ".".join(parts[:end])
-        owner = model.get_submodule(owner_path) if owner_path else model
-        for attr in STEM_NAMES:
-            stem = getattr(owner, attr, None)
-            if isinstance(stem, nn.Module):
-                if any(p.requires_grad for p in stem.parameters()):
-                    raise Unsupported(f"the stem {owner_path}.{attr} trains, so no hidden state below the blocks is fixed")
-                if boundary == 0:
-                    raise Unsupported("block 0 trains, so only the embeddings are frozen; nothing worth caching")
-                return f"{owner_path}.{attr}".lstrip("."), stem, stack.name, stack.blocks, boundary
-    raise Unsupported(f"no stem module named {' or '.join(STEM_NAMES)} above {stack.name}")
-
-
-def frozen_prefix(model: nn.Module) -> list[nn.Module]:
-    """The frozen stem and blocks the boundary cache replaces; with cache_boundary they always run in eval mode (no
-    dropout), cached or not, so the cached and the plain path compute the same function. Empty if there is none."""
-    try:
-        _, stem, _, blocks, boundary = frozen_bottom(model)
-    except Unsupported:
-        return []
-    return [stem, *list(blocks)[:boundary]]
-
-
 def _probe_matches(model: nn.Module, cache: Cache, features: list[dict[str, Any]], task: Task,
                    device: torch.device) -> float:
     """Largest logit difference between the plain model and the cache on a few short and long examples."""
@@ -285,7 +244,10 @@ def build_cache(kind: str, model: nn.Module, splits: list[list[dict[str, Any]]],
         cache = Cache("head", store, model, task, head=model.get_submodule(heads[0]))
         capture_at, stop = cache.head, False
     else:
-        stem_path, stem, stack_path, blocks, boundary = frozen_bottom(model)
+        try:
+            stem_path, stem, stack_path, blocks, boundary = layers.frozen_bottom(model)
+        except ModelError as err:
+            raise Unsupported(str(err)) from None
         stem_parent, _, stem_attr = stem_path.rpartition(".")
         stack_parent, _, stack_attr = stack_path.rpartition(".")
         cache = Cache("boundary", store, model, task, parent=model.get_submodule(stem_parent) if stem_parent else model,
