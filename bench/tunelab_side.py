@@ -17,13 +17,15 @@ from common import SEED, Result, Scenario, Work, block_shape, causal_recipe_data
 
 
 def recipe_for(s: Scenario, work: Path) -> dict[str, Any]:
-    """The tunelab recipe of a scenario: the same data, model, batch size, length, steps, rate and seed."""
+    """The tunelab recipe of a scenario: the same data, model, batch size, length, steps, rate and seed. The new head
+    trains at the scenario's rate too (optim.head_lr), not at tunelab's default 3e-2 for heads over a frozen pooler:
+    the Trainer has one rate, and the metric column compares like with like."""
     train = {"lr": s.lr, "batch_size": s.batch_size, "warmup_ratio": 0.06, "schedule": "linear", "max_grad_norm": 1.0,
              "keep_checkpoints": 1, "log_every": 1000}
     train |= {"epochs": s.epochs} if s.epochs else {"max_steps": s.steps}
     raw: dict[str, Any] = {
         "name": f"bench-{s.name}", "seed": SEED, "model": {"name": s.model}, "strategy": s.strategy,
-        "optim": {"weight_decay": 0.01}, "train": train, "output": {"dir": str(work / "runs")},
+        "optim": {"weight_decay": 0.01, "head_lr": s.lr}, "train": train, "output": {"dir": str(work / "runs")},
     }
     if s.task == "classification":
         raw["task"] = {"type": "classification", "max_length": s.max_length, "truncation": True}
