@@ -314,3 +314,26 @@ def test_recipes_parse_and_persona_example_is_valid_chat_data(tiny_llama_dir: Pa
                       AutoTokenizer.from_pretrained(tiny_llama_dir))
     assert len(rows) >= 5 and all(task.check_row(r) is None for r in rows)
     assert len(task.featurize(rows).features) == len(rows)
+
+
+def test_causal_lm_accumulation_equals_the_bigger_batch(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    """Answers of different lengths: the loss is a mean over target tokens of the whole global batch, so four
+    micro-batches must give the gradient of one batch (a mean of per-micro-batch means would not)."""
+    from safetensors.torch import load_file
+
+    rng = random.Random(1)
+    rows = [{"prompt": " ".join(rng.sample(WORDS, 2)), "completion": " ".join(rng.sample(WORDS, rng.randint(1, 6)))}
+            for _ in range(60)]
+    path = write_jsonl(tmp_path / "uneven.jsonl", rows)
+    runs = {}
+    for accum in (1, 4):
+        recipe = recipe_for(tmp_path, tiny_llama_dir, path, {"type": "causal_lm"},  # eps 1: AdamW's step ~ lr * gradient,
+                            train={"max_steps": 3, "grad_accum": accum, "eval_every": 3, "lr": 1.0},  # so it shows
+                            optim={"eps": 1.0, "weight_decay": 0.0},  # gradient differences instead of their signs
+                            eval={"before": False}, generate={"samples": 0})
+        runs[accum] = load_file(api.train(recipe, name=f"accum{accum}") / "checkpoints" / "step-0000003" / "model.safetensors")
+    start = load_file(tiny_llama_dir / "model.safetensors")
+    moved = (runs[1]["model.layers.0.mlp.down_proj.weight"] - start["model.layers.0.mlp.down_proj.weight"]).abs().max()
+    assert moved > 1e-4, "the weights must move for the comparison to mean something"
+    worst = max((runs[1][k] - runs[4][k]).abs().max().item() for k in runs[1])
+    assert worst <= moved * 1e-3, f"largest difference {worst} for a movement of {moved}"  # float32 sums reordered
