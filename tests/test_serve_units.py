@@ -107,8 +107,10 @@ def test_jobs_of_one_key_share_a_batch_up_to_max_batch_and_other_keys_wait_their
     batcher.start()
     try:
         assert _run_jobs(batcher, jobs) == [[2], [4], [6, 8], [10], [12], [14]]
+        assert batcher.alive()
     finally:
         batcher.stop()
+    assert not batcher.alive()
     assert [[key for key, _ in batch] for batch in work.batches] == [["a", "a", "a"], ["b", "b"], ["a"]]
     assert all(sum(len(items) for _, items in batch) <= 4 for batch in work.batches)
     assert (batcher.batches, batcher.jobs) == (3, 6)

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from tunelab.recipe import GenerateConfig
 from tunelab.run import Run
@@ -41,10 +41,13 @@ class Service:
         self.batcher = Batcher(engine.work, options.max_batch, options.max_wait_ms / 1000, options.max_queue)
 
     # ---- information ----------------------------------------------------------------------------------------
-    async def health(self) -> dict[str, Any]:
-        """Liveness for probes and people: the model, its task, and how many batches served how many requests."""
-        return {"status": "ok", "model": self.model_id, "task": self.task_type, "batches": self.batcher.batches,
-                "requests": self.batcher.jobs, "waiting": self.batcher.waiting()}
+    async def health(self) -> JSONResponse:
+        """Liveness for probes and people: the model, its task, and how many batches served how many requests
+        (503 if the model thread has stopped, so a supervisor restarts the server)."""
+        alive = self.batcher.alive()
+        return JSONResponse({"status": "ok" if alive else "model thread stopped", "model": self.model_id,
+                             "task": self.task_type, "batches": self.batcher.batches, "requests": self.batcher.jobs,
+                             "waiting": self.batcher.waiting()}, status_code=200 if alive else 503)
 
     async def models(self) -> dict[str, Any]:
         """OpenAI's model list: the one run this server serves, under its run folder's name."""

@@ -73,6 +73,10 @@ class Batcher:
         self._queue.put(job)
         return job.future
 
+    def alive(self) -> bool:
+        """Whether the model thread is running (a health probe's answer)."""
+        return self._thread.is_alive()
+
     def waiting(self) -> int:
         """Jobs submitted and not yet taken into a batch."""
         return self._queue.qsize() + len(self._held)
