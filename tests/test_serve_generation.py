@@ -192,6 +192,24 @@ def test_a_stream_whose_client_leaves_early_does_not_hurt_the_server(server: Ser
     assert client.chat.completions.create(model="causal-lm", messages=ASK, max_tokens=3).choices[0].message.content
 
 
+def test_a_model_failure_is_a_500_or_an_error_event_and_the_server_serves_on(
+        server: ServerThread, client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No real prompt makes this model raise, so its generate is made to (a stand-in for a device error): a whole
+    answer is a 500 in OpenAI's shape; a stream already under way ends with an error event, which the client raises."""
+    model = server.server.config.app.state.service.engine.model
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(model, "generate", broken)
+    with pytest.raises(openai.InternalServerError, match="CUDA out of memory"):
+        client.chat.completions.create(model="causal-lm", messages=ASK)
+    with pytest.raises(openai.APIError, match="CUDA out of memory"):
+        list(client.chat.completions.create(model="causal-lm", messages=ASK, stream=True))
+    monkeypatch.undo()
+    assert client.chat.completions.create(model="causal-lm", messages=ASK, max_tokens=2).usage.completion_tokens == 2
+
+
 # ---- seq2seq ------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def t5_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
