@@ -45,7 +45,7 @@ class Generator:
         self.decoder_only = self.task.decoder_only
         self.template = run.recipe.task.prompt_template
         self.system = run.recipe.task.system_prompt if self.decoder_only else None  # causal_lm's option only
-        self.context = getattr(self.model.config, "max_position_embeddings", None) if self.decoder_only else None
+        self.context = getattr(self.model.config, "max_position_embeddings", None)  # None: relative positions (T5)
         self.chats = not self.decoder_only or self.task.use_chat  # seq2seq: one user message at a time
         self.endpoints = frozenset({"chat", "completions"} if self.chats else {"completions"})
         self.model_name, self.task_type = run.recipe.model.name, run.recipe.task.type
@@ -121,9 +121,11 @@ class Generator:
             raise bad_request(f"the model's chat template refuses these messages: {err}", param="messages") from None
         except TunelabError as err:
             raise bad_request(str(err)) from None
-        if self.context and len(ids) + ask.cfg.max_new_tokens > self.context:
-            raise bad_request(f"the prompt is {len(ids)} tokens; with max_tokens={ask.cfg.max_new_tokens} that is over "
-                              f"the model's context of {self.context} tokens; shorten the prompt or ask for fewer tokens",
+        new = ask.cfg.max_new_tokens
+        # a decoder-only model holds prompt and answer in one sequence; an encoder-decoder holds each in its own
+        if self.context and (len(ids) + new if self.decoder_only else max(len(ids), new)) > self.context:
+            raise bad_request(f"the prompt is {len(ids)} tokens; with max_tokens={new} that is over the model's "
+                              f"context of {self.context} tokens; shorten the prompt or ask for fewer tokens",
                               param="messages" if ask.turns else "prompt", code="context_length_exceeded")
         return ids
 
