@@ -11,6 +11,8 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -164,6 +166,35 @@ def test_a_failure_inside_the_model_is_a_500_for_that_request_only(client: httpx
     error = responses[2].json()["error"]
     assert error["type"] == "server_error" and "RuntimeError" in error["message"] and "still up" in error["message"]
     assert client.post("/v1/classify", json={"inputs": ["fine again"]}).status_code == 200
+
+
+def test_a_full_queue_is_a_503_with_retry_after_and_every_queued_request_is_answered(classifier_run: Run) -> None:
+    """The model is held busy (a stand-in: its predict waits for the test) so that requests queue up."""
+    app_ = build(classifier_run.dir, ServeOptions(max_batch=1, max_wait_ms=0, max_queue=1))
+    task, release, entered = app_.state.service.engine.task, threading.Event(), threading.Event()
+    predict = task.predict
+
+    def held(model: Any, inputs: list[Any], batch_size: int) -> list[dict[str, Any]]:
+        entered.set()
+        release.wait(30)
+        return predict(model, inputs, batch_size)
+
+    task.predict = held
+    with ServerThread(app_) as running, ThreadPoolExecutor(2) as pool:
+        def post(text: str) -> httpx2.Response:
+            return httpx2.post(f"{running.url}/v1/classify", json={"inputs": [text]}, timeout=60)
+
+        first = pool.submit(post, "taken by the model thread")
+        assert entered.wait(30)
+        second = pool.submit(post, "waits in the queue")
+        deadline = time.monotonic() + 30
+        while httpx2.get(f"{running.url}/health").json()["waiting"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        refused = post("one too many")
+        release.set()
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["code"] == "server_busy"
+        assert first.result().status_code == 200 and second.result().status_code == 200
 
 
 # ---- the command ---------------------------------------------------------------------------------------------------

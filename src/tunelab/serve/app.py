@@ -116,7 +116,7 @@ class Service:
             return self.batcher.submit(job)
         except Busy as err:
             raise ApiError(503, f"the server is busy ({err}); retry in a moment", type="server_error",
-                           code="server_busy") from None
+                           code="server_busy", headers={"Retry-After": "1"}) from None
 
     async def _answer(self, job: Job) -> Any:
         """The job's result from the model thread; its failure as an API error (a 4xx it raised, else a 500)."""

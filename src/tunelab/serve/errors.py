@@ -21,17 +21,18 @@ class ApiError(Exception):
     """A request the server answers with an error: the HTTP status and OpenAI's four error fields."""
 
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",  # noqa: A002 - OpenAI's name
-                 param: str | None = None, code: str | None = None) -> None:
+                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         """The JSON body OpenAI's clients parse into their error classes."""
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+    def response(self) -> JSONResponse:
         """This error as an HTTP response."""
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
@@ -95,7 +96,7 @@ def install(app: FastAPI) -> None:
         else:
             message = str(err.detail)
         code = {404: "unknown_url", 405: "method_not_allowed"}.get(err.status_code)
-        return ApiError(err.status_code, message, code=code).response(getattr(err, "headers", None))
+        return ApiError(err.status_code, message, code=code, headers=getattr(err, "headers", None)).response()
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, err: Exception) -> JSONResponse:

@@ -32,8 +32,9 @@ class Guard:
         headers = dict(scope["headers"])
         if self.api_key and scope["path"] not in OPEN_PATHS and not self._authorized(headers.get(b"authorization", b"")):
             error = ApiError(401, "missing or wrong API key; send the header 'Authorization: Bearer <key>' with the key "
-                             "the server was started with (--api-key or TUNELAB_API_KEY)", code="invalid_api_key")
-            await error.response({"WWW-Authenticate": "Bearer"})(scope, receive, send)
+                             "the server was started with (--api-key or TUNELAB_API_KEY)", code="invalid_api_key",
+                             headers={"WWW-Authenticate": "Bearer"})
+            await error.response()(scope, receive, send)
             return
         declared = headers.get(b"content-length", b"0")
         if not declared.isdigit() or int(declared) > self.max_body:
@@ -60,8 +61,8 @@ class Guard:
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         error = ApiError(413, f"the request body is over this server's limit of {self.max_body:,} bytes; send fewer "
                          "or smaller inputs (or start the server with higher --max-inputs/--max-input-chars/"
-                         "--max-image-bytes)", code="request_too_large")
-        await error.response({"Connection": "close"})(scope, receive, send)
+                         "--max-image-bytes)", code="request_too_large", headers={"Connection": "close"})
+        await error.response()(scope, receive, send)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
