@@ -82,57 +82,80 @@ def reference(data_dir: Path, tiny_bert_dir: Path) -> Path:
 
 # ---- SIGKILL at random points, then resume ---------------------------------------------------------------------
 
-def wait_until(condition: Callable[[], bool], proc: subprocess.Popen, timeout: float = 240) -> None:
+def wait_until(condition: Callable[[], bool], proc: subprocess.Popen, timeout: float = 240, poll: float = 0.01) -> None:
     deadline = time.monotonic() + timeout
     while not condition() and proc.poll() is None:
         assert time.monotonic() < deadline, "the training process made no progress"
-        time.sleep(0.01)
+        time.sleep(poll)
 
 
-def test_sigkill_at_random_points_then_resume_equals_uninterrupted(data_dir: Path, tiny_bert_dir: Path,
+KILL_VARIANTS = {  # strategy and train sections over the default full fine-tuning: each state a resume must restore
+    "full": ({}, {}),
+    "lora": ({"method": "lora", "r": 4}, {}),
+    "gradual_unfreeze": ({"method": "gradual_unfreeze", "every_steps": 2}, {}),
+    "feature_cache": ({"method": "feature_extraction", "cache_features": True}, {}),
+    "grad_accum": ({}, {"grad_accum": 2}),
+}
+
+
+@pytest.mark.parametrize("variant", list(KILL_VARIANTS))
+def test_sigkill_at_random_points_then_resume_equals_uninterrupted(data_dir: Path, tiny_bert_dir: Path, variant: str,
                                                                      reference: Path) -> None:
-    folder = data_dir / "killed"
+    """Three SIGKILLs of a real training process: the first as soon as a checkpoint is being written (its hidden
+    temporary folder appears), the others at seeded random points; every kill must hit a live process."""
+    strategy, train = KILL_VARIANTS[variant]
+    folder = data_dir / f"killed-{variant}"
     folder.mkdir()
-    recipe = make_recipe(folder, tiny_bert_dir, data_dir / "reviews.csv",
-                         train={"max_steps": STEPS, "eval_every": EVERY, "log_every": 1, "keep_checkpoints": 2})
+    sections = {"strategy": strategy} if strategy else {}
+    settings = {"max_steps": STEPS, "eval_every": EVERY, "log_every": 1} | train
+    if variant == "full":
+        whole = reference
+    else:
+        whole = api.train(make_recipe(folder, tiny_bert_dir, data_dir / "reviews.csv", **sections,
+                                      train=settings | {"keep_checkpoints": 100}), name="whole")
+    recipe = make_recipe(folder, tiny_bert_dir, data_dir / "reviews.csv", **sections,
+                         train=settings | {"keep_checkpoints": 2})
     run = folder / "runs" / "X"
     rng = random.Random(20261122)
-    step_seconds = json.loads((reference / "summary.json").read_text())["train_seconds"] / STEPS
+    step_seconds = json.loads((whole / "summary.json").read_text())["train_seconds"] / STEPS
     trials = []
     for trial in range(3):
         args = [str(recipe), "--name", "X"] if trial == 0 else [str(run), "--resume"]
         before = max(steps_saved(run), default=0)
         with open(folder / f"trial-{trial}.log", "w") as out:
             proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", *args], cwd=folder, stdout=out, stderr=out)
-        # a random point: some time after the run folder appears (first trial) or after the resumed process has
-        # written its first new checkpoint (later trials): before, between or during checkpoint writes
-        if trial == 0:
-            wait_until(lambda: (run / "recipe.yaml").exists(), proc)
-        else:
+        if trial == 0:  # during a checkpoint write: the moment its temporary folder exists
+            wait_until(lambda: any((run / "checkpoints").glob(".step-*.tmp")), proc, poll=0.001)
+        else:  # a random point after the resumed process wrote its first new checkpoint: before, between or during
             wait_until(lambda: max(steps_saved(run), default=0) > before, proc)
-        time.sleep(rng.uniform(0.0, EVERY) * step_seconds)  # somewhere in the next checkpoint interval
+            time.sleep(rng.uniform(0.0, EVERY) * step_seconds)
         finished_first = proc.poll() is not None
+        writing = any((run / "checkpoints").glob(".step-*.tmp"))
         proc.kill()  # SIGKILL: no handler, no cleanup, no flush
         proc.wait()
-        trials.append({"trial": trial, "checkpoints": steps_saved(run), "finished": finished_first})
+        trials.append({"trial": trial, "checkpoints": steps_saved(run), "finished": finished_first,
+                       "mid_write": writing})
+        assert not finished_first or (run / "summary.json").exists(), f"the process died by itself: {trials}"
         for step in steps_saved(run):  # everything a kill leaves behind verifies and equals the reference
             ckpt.verify(run / "checkpoints" / f"step-{step:07d}")
-            assert_same(weights(run, step), weights(reference, step), f"after kill {trials[-1]}, step {step}")
+            assert_same(weights(run, step), weights(whole, step), f"after kill {trials[-1]}, step {step}")
         if (run / "summary.json").exists():
             break
+    assert not trials[0]["finished"], "the first kill must land while the run trains"
+    finished = (run / "summary.json").exists()  # the last kill may land after the run wrote its summary
     resumed = CliRunner().invoke(app, ["train", str(run), "--resume"])
-    if (run / "summary.json").exists() and trials[-1]["finished"]:
+    if finished:
         assert resumed.exit_code == 2 and "already finished" in resumed.output
     else:
         assert resumed.exit_code == 0, f"{trials}\n{resumed.output[-3000:]}"
-    assert_same(weights(run, STEPS), weights(reference, STEPS), f"final weights after kills {trials}")
-    assert losses(run) == losses(reference)
+    assert_same(weights(run, STEPS), weights(whole, STEPS), f"final weights after kills {trials}")
+    assert losses(run) == losses(whole)
     assert not list((run / "checkpoints").glob(".step-*")), "a torn temporary folder was left behind"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == STEPS and summary["skipped_steps"] == 0
     again = CliRunner().invoke(app, ["train", str(run), "--resume"])  # a finished run says so, and trains nothing
     assert again.exit_code == 2 and "already finished" in again.output
-    print(f"\nSIGKILL trials: {trials}")
+    print(f"\nSIGKILL trials ({variant}): {trials}")
 
 
 # ---- the states a kill can leave, built exactly -------------------------------------------------------------------
