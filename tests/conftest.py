@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,22 @@ def make_recipe(tmp_path: Path, model: Path | str, train_file: Path, **sections:
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
     return path
+
+
+def interrupt_after(monkeypatch: pytest.MonkeyPatch, step: int) -> Callable[[], None]:
+    """Make training press Ctrl-C while the step after ``step`` is in hand (the run saves it and stops); returns the
+    function that puts the plain step back for the resume."""
+    import signal
+
+    from tunelab.train.loop import Trainer
+
+    original = Trainer.step
+
+    def step_then_ctrl_c(self: Trainer, ids: list[int]) -> float:
+        loss = original(self, ids)
+        if self.state.step == step:
+            signal.raise_signal(signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(Trainer, "step", step_then_ctrl_c)
+    return lambda: monkeypatch.setattr(Trainer, "step", original)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,10 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import make_recipe
+from tests.conftest import interrupt_after, make_recipe
 from tunelab import api
 from tunelab.errors import RunError
-from tunelab.train.loop import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -62,18 +60,10 @@ def test_resume_after_ctrl_c_equals_uninterrupted(tmp_path: Path, tiny_bert_dir:
     recipe = make_recipe(tmp_path, tiny_bert_dir, toy_csv, train={"max_steps": 8, "eval_every": 2})
     whole = api.train(recipe, name="whole")
 
-    original = Trainer.step
-
-    def step_then_ctrl_c(self: Trainer, ids: list[int]) -> float:
-        loss = original(self, ids)
-        if self.state.step == 4:  # the 5th step is in hand: Ctrl-C now
-            signal.raise_signal(signal.SIGINT)
-        return loss
-
-    monkeypatch.setattr(Trainer, "step", step_then_ctrl_c)
+    plain_steps = interrupt_after(monkeypatch, 4)  # the 5th step is in hand: Ctrl-C now
     with pytest.raises(RunError, match="interrupted at step 5"):
         api.train(recipe, name="cut")
-    monkeypatch.setattr(Trainer, "step", original)
+    plain_steps()
     cut = tmp_path / "runs" / "cut"
     assert (cut / "checkpoints" / "step-0000005" / "manifest.json").is_file()
     api.train(cut, resume=True)
@@ -136,18 +126,10 @@ def test_resume_refuses_changed_data(tmp_path: Path, tiny_bert_dir: Path, toy_cs
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A checkpoint remembers the fingerprint of every split; resuming on other data is refused, naming the split."""
     recipe = make_recipe(tmp_path, tiny_bert_dir, toy_csv, train={"max_steps": 8, "eval_every": 2})
-    original = Trainer.step
-
-    def step_then_ctrl_c(self: Trainer, ids: list[int]) -> float:
-        loss = original(self, ids)
-        if self.state.step == 2:
-            signal.raise_signal(signal.SIGINT)
-        return loss
-
-    monkeypatch.setattr(Trainer, "step", step_then_ctrl_c)
+    plain_steps = interrupt_after(monkeypatch, 2)
     with pytest.raises(RunError, match="interrupted at step 3"):
         api.train(recipe, name="cut")
-    monkeypatch.setattr(Trainer, "step", original)
+    plain_steps()
     lines = toy_csv.read_text().splitlines()
     toy_csv.write_text("\n".join(lines[:1] + [line.replace("film", "movie") for line in lines[1:]]) + "\n")
     with pytest.raises(RunError, match=r"the .*train.* data differ from what this run trained on"):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +16,14 @@ import torch
 import yaml
 from PIL import Image
 
+from tests.conftest import interrupt_after
 from tunelab import api
 from tunelab.errors import DataError, RecipeError, RunError
 from tunelab.recipe import load_recipe
 from tunelab.strategies import layers
 from tunelab.strategies.registry import make_strategy
 from tunelab.tasks import build_task
-from tunelab.train.loop import Trainer, seed_everything
+from tunelab.train.loop import seed_everything
 from tunelab.train.optim import make_optimizer, param_groups
 
 CNN = "test_efficientnet"
@@ -167,18 +167,10 @@ def test_image_run_resumes_exactly(tmp_path: Path, image_folder: Path, monkeypat
     """With augmentation on (random crops and flips draw from the RNGs), an interrupted run ends as the whole one."""
     recipe = image_recipe(tmp_path, image_folder, train={"max_steps": 6, "eval_every": 2})
     whole = api.train(recipe, name="whole")
-    original = Trainer.step
-
-    def step_then_ctrl_c(self: Trainer, ids: list[int]) -> float:
-        loss = original(self, ids)
-        if self.state.step == 2:
-            signal.raise_signal(signal.SIGINT)
-        return loss
-
-    monkeypatch.setattr(Trainer, "step", step_then_ctrl_c)
+    plain_steps = interrupt_after(monkeypatch, 2)
     with pytest.raises(RunError, match="interrupted at step 3"):
         api.train(recipe, name="cut")
-    monkeypatch.setattr(Trainer, "step", original)
+    plain_steps()
     cut = api.train(recipe, name="cut", resume=True)
     from safetensors.torch import load_file
 

@@ -14,9 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
-from tunelab.data.labels import label_name  # noqa: F401 - re-exported for callers of the old home
 from tunelab.data.sources import Row
-from tunelab.evaluate.metrics import classification_metrics
 from tunelab.models import load_pretrained
 from tunelab.models.heads import replace_head
 from tunelab.recipe import Recipe
@@ -111,13 +109,6 @@ class ClassificationTask(Labelled, TextTask):
             batch = {k: v.to(device) for k, v in batch.items()}
             out[idx] = model(**batch).logits.float().cpu()
         return out
-
-    def evaluate(self, model: nn.Module, features: list[Feature], batch_size: int) -> dict[str, Any]:
-        logits = self.logits(model, features, batch_size)
-        labels = torch.tensor([f["label"] for f in features])
-        metrics = classification_metrics(logits.argmax(-1).tolist(), labels.tolist(), self.label_names)
-        metrics["loss"] = F.cross_entropy(logits, labels).item()
-        return metrics
 
     def predict(self, model: nn.Module, texts: list[str], batch_size: int = 64) -> list[dict[str, Any]]:
         """Label and probabilities for raw texts (truncated to max_length, as a user expects at inference)."""

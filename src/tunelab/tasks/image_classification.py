@@ -29,7 +29,6 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 from tunelab.data.sources import Row
 from tunelab.errors import RunError
-from tunelab.evaluate.metrics import classification_metrics
 from tunelab.io import publish_dir, write_json
 from tunelab.models import vision
 from tunelab.tasks.base import Feature, Prepared
@@ -169,13 +168,6 @@ class ImageClassificationTask(Labelled):
         out = [model(pixel_values=self.collate(features[s : s + batch_size])["pixel_values"].to(device)).logits.float().cpu()
                for s in range(0, len(features), batch_size)]
         return torch.cat(out) if out else torch.empty(0, len(self.label_names))
-
-    def evaluate(self, model: nn.Module, features: list[Feature], batch_size: int) -> dict[str, Any]:
-        logits = self.logits(model, features, batch_size)
-        labels = torch.tensor([f["label"] for f in features])
-        metrics = classification_metrics(logits.argmax(-1).tolist(), labels.tolist(), self.label_names)
-        metrics["loss"] = F.cross_entropy(logits, labels).item()
-        return metrics
 
     def predict(self, model: nn.Module, images: list[Any], batch_size: int = 64) -> list[dict[str, Any]]:
         """Label and probabilities for image files (paths) or decoded images, preprocessed as in evaluation."""

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+
 from tunelab.data.labels import label_name
 from tunelab.data.prepare import label_names
 from tunelab.data.sources import Row
+from tunelab.evaluate.metrics import classification_metrics
 
 
 class Labelled:
@@ -15,6 +19,7 @@ class Labelled:
 
     recipe: Any
     label_col: str
+    logits: Any  # (model, features, batch_size) -> (examples, labels) tensor, in the features' order
 
     def set_labels(self, names: list[str]) -> None:
         self.label_names = list(names)
@@ -38,6 +43,15 @@ class Labelled:
             return (f"unknown label '{label}' (not among the training labels: {', '.join(self.label_names)}); "
                     "list every label in data.labels or add examples of it to the training data")
         return None
+
+    def evaluate(self, model: Any, features: list[dict[str, Any]], batch_size: int) -> dict[str, Any]:
+        """Accuracy, macro-F1, per-class figures, the confusion matrix and the mean loss, from the task's
+        ``logits(model, features, batch_size)``."""
+        logits = self.logits(model, features, batch_size)
+        labels = torch.tensor([f["label"] for f in features])
+        metrics = classification_metrics(logits.argmax(-1).tolist(), labels.tolist(), self.label_names)
+        metrics["loss"] = F.cross_entropy(logits, labels).item()
+        return metrics
 
     def label_id(self, values: dict[str, Any]) -> int:
         """The id of a checked row's label."""
