@@ -119,6 +119,7 @@ def start_server(run: Path, args: argparse.Namespace, log: Path) -> tuple[subpro
     """``tunelab serve`` in its own process on a free loopback port; waits (bounded) for its banner."""
     command = [sys.executable, "-m", "tunelab", "serve", str(run), "--host", HOST, "--port", "0", "--api-key", KEY,
                "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--max-input-chars", "2000"]
+    command += ["--threads", str(args.server_threads)] if args.server_threads else []
     process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
     give_up = time.monotonic() + 300
@@ -152,10 +153,15 @@ def make_run(work: Path) -> Path:
     return Path(run)
 
 
-def direct(run: Path, inputs: list[str], batch: int) -> dict[str, float]:
-    """The same inputs through the model in this process: one at a time, then ``batch`` at a time."""
+def direct(run: Path, inputs: list[str], batch: int, threads: int | None) -> dict[str, float]:
+    """The same inputs through the model in this process (with the server's thread count): one at a time, then
+    ``batch`` at a time."""
+    import torch
+
     from tunelab import api
 
+    if threads:
+        torch.set_num_threads(threads)
     task = api.load(run)
     task.predict(task.model, inputs[:batch], batch)  # warm up
     began = time.perf_counter()
@@ -176,6 +182,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="Clients sending at once.")
     parser.add_argument("--max-batch", type=int, default=16, help="The server's --max-batch.")
     parser.add_argument("--max-wait-ms", type=float, default=10.0, help="The server's --max-wait-ms.")
+    parser.add_argument("--server-threads", type=int, help="The server's --threads (default: torch's choice).")
     parser.add_argument("--max-seconds", type=float, default=300.0, help="Stop sending after this long, whatever is left.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="Also write the report here (JSON).")
@@ -199,7 +206,7 @@ def main() -> None:
         after = httpx2.get(f"{url}/health").json()
     finally:
         exit_code = stop_server(process)
-    direct_rates = direct(Path(run), valid, args.max_batch)
+    direct_rates = direct(Path(run), valid, args.max_batch, args.server_threads)
     load_after = os.getloadavg()
 
     answered = [r for r in results if r["got"] is not None]
@@ -208,7 +215,7 @@ def main() -> None:
     report = {
         "run": str(run), "url": url, "requests_planned": len(items), "requests_sent": len(results),
         "concurrency": args.concurrency, "malformed": args.bad, "server_max_batch": args.max_batch,
-        "server_max_wait_ms": args.max_wait_ms,
+        "server_max_wait_ms": args.max_wait_ms, "server_threads": args.server_threads,
         "5xx": sum(1 for r in answered if r["got"] >= 500),
         "lost_responses": sum(1 for r in results if r["got"] is None),
         "wrong_status": sum(1 for r in answered if r["got"] != r["status"]),

@@ -208,7 +208,8 @@ def test_serve_command_refuses_bad_options_before_loading_anything(tmp_path: Pat
 @pytest.mark.slow
 def test_serve_command_listens_on_loopback_answers_and_stops_on_ctrl_c(classifier_run: Run) -> None:
     env = {**os.environ, "TUNELAB_API_KEY": KEY, "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "tunelab", "serve", str(classifier_run), "--port", "0"],
+    process = subprocess.Popen([sys.executable, "-m", "tunelab", "serve", str(classifier_run), "--port", "0",
+                                "--threads", "1"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         banner = process.stdout.readline() + process.stdout.readline()

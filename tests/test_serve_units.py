@@ -177,8 +177,9 @@ def test_a_job_given_up_before_it_ran_is_skipped() -> None:
 def test_options_refuse_nonsense_and_bound_the_body() -> None:
     with pytest.raises(ValidationError, match="API key is empty"):
         ServeOptions(api_key="  ")
-    with pytest.raises(ValidationError):
-        ServeOptions(max_batch=0)
+    for bad in ({"max_batch": 0}, {"threads": 0}, {"max_wait_ms": -1}, {"unknown": 1}):
+        with pytest.raises(ValidationError):
+            ServeOptions(**bad)
     options = ServeOptions(max_inputs=2, max_input_chars=100, max_image_bytes=300)
     assert options.body_limit(images=False) == 64 * 1024 + 2 * (600 + 64)
     assert options.body_limit(images=True) == 64 * 1024 + 2 * (400 + 64)

@@ -40,6 +40,9 @@ def serve(
     max_tokens: Annotated[int, typer.Option(help="Most new tokens a generation request may ask for.")] = 1024,
     max_queue: Annotated[int, typer.Option(help="Most requests waiting for the model; more get 503.")] = 256,
     device: Annotated[str, typer.Option(help="auto (a GPU when present), cpu, cuda or cuda:N.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(
+        show_default=False, help="CPU threads for the model (default: torch's, one per core). On a machine shared "
+                                 "with other work, fewer threads than cores can be much faster.")] = None,
 ) -> None:
     """Serve a run's model over HTTP until Ctrl-C: OpenAI-compatible chat and completions for generation runs,
     /v1/classify for classifiers, /health for probes. Concurrent requests are batched.
@@ -60,7 +63,7 @@ def serve(
 
     chosen = _run(options, api_key=api_key, max_batch=max_batch, max_wait_ms=max_wait_ms, max_input_chars=max_input_chars,
                   max_inputs=max_inputs, max_image_bytes=max_image_bytes, max_tokens=max_tokens, max_queue=max_queue,
-                  device=device)
+                  device=device, threads=threads)
     if not is_loopback(host):
         console.print(f"[bold yellow]warning:[/] --host {host} lets other machines reach this server"
                       + ("" if chosen.api_key else " and no API key is set: anyone who can reach it can use the model"),

@@ -55,6 +55,8 @@ def make_engine(run: Run, options: ServeOptions) -> Engine:
     task_type = run.recipe.task.type
     if task_type not in ENGINES:
         raise RunError(f"{run}: tunelab serve does not serve {task_type} runs; it serves {', '.join(ENGINES)}")
+    if options.threads:  # process-wide; the model thread is the only one that runs torch
+        torch.set_num_threads(options.threads)
     run.model.to(pick_device(options.device)).eval()
     module, _, name = ENGINES[task_type].partition(":")
     return getattr(importlib.import_module(module), name)(run, options)

@@ -25,6 +25,8 @@ class ServeOptions(BaseModel):
     max_tokens: int = Field(1024, ge=1, description="Most new tokens one generation request may ask for.")
     max_queue: int = Field(256, ge=1, description="Most requests waiting for the model; more are answered 503.")
     device: str = Field("auto", description="Where the model runs: auto (cuda when present), cpu, cuda, cuda:1, ...")
+    threads: int | None = Field(None, ge=1, le=1024, description="CPU threads torch gives the model (default: "
+                                "torch's, one per core); fewer leave cores to the HTTP side and to other work.")
 
     @field_validator("api_key")
     @classmethod
