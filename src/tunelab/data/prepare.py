@@ -96,6 +96,8 @@ def prepare_rows(cfg: DataConfig, task: RowTask, seed: int, max_examples: int | 
         splits[name] = sampled.features
         report.rows[name] = len(sampled.features)
     require_rows(splits, report)
+    if hasattr(task, "fit_splits"):  # a task that fits on the training split only (a VAE's scaler) sees the splits
+        task.fit_splits(splits)
     return splits, report
 
 

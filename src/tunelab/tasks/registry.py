@@ -22,6 +22,7 @@ TASKS: dict[str, str] = {
     "causal_lm": "tunelab.tasks.causal_lm:CausalLMTask",
     "seq2seq": "tunelab.tasks.seq2seq:Seq2SeqTask",
     "image_classification": "tunelab.tasks.image_classification:ImageClassificationTask",
+    "vae": "tunelab.tasks.vae:VAETask",
 }
 
 # The task a bare model name is inspected as, by the catalog's kind of model.
