@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from tunelab.data.anomaly_sets import breast_cancer, rotten_tomatoes_plots
 from tunelab.data.corpora import DEFAULT_TEST_BOOKS, PERSONAS, bible_en_es, book_holdout_split, persona_restyle
 from tunelab.data.images import digits
 from tunelab.data.packages import Loaded, Split, package_dir
@@ -110,6 +111,8 @@ def support_persona(persona: str) -> Split:
 BUILTIN: dict[str, tuple[Callable[[], Loaded | Split], str]] = {
     "rotten-tomatoes": (rotten_tomatoes, "movie review snippets, fresh/rotten (text, label)"),
     "digits": (digits, "scikit-learn's 1,797 handwritten digits, 8x8 greyscale, 0-9 (image, label)"),
+    "breast-cancer": (breast_cancer, "sklearn's breast-cancer table, benign normal / malignant anomalies; trains on benign (30 numbers, label)"),
+    "rotten-tomatoes-plots": (rotten_tomatoes_plots, "critic snippets normal / plot synopses anomalies; trains on snippets (text, label)"),
     "bible-en-es": (bible_en_es_books, "English->Spanish Bible verses, whole books held out (source, target)"),
     "tech-support": (support_chats, "chatterbot English assistant chats incl. tech support (messages)"),
     **{f"tech-support-{persona}": (functools.partial(support_persona, persona), f"tech-support restyled: {persona} persona")
