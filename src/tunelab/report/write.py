@@ -10,7 +10,9 @@ from tunelab.evaluate.memory import format_bytes
 from tunelab.report.plots import loss_curve
 from tunelab.io import atomic_write_text
 
-_SHOWN = ("accuracy", "macro_f1", "loss", "perplexity", "bleu", "chrf", "rougeL", "exact_match")
+_SHOWN = ("accuracy", "macro_f1", "loss", "perplexity", "bleu", "chrf", "rougeL", "exact_match",
+          "elbo", "reconstruction", "kl", "anomaly_elbo", "roc_auc", "pr_auc", "f1")
+_DETECTOR_COLUMNS = ("detector", "roc_auc", "pr_auc", "f1", "precision", "recall", "threshold")
 
 
 def _fmt(value: Any) -> str:
@@ -28,6 +30,17 @@ def before_after_rows(summary: dict[str, Any]) -> list[list[str]]:
             if key in after:
                 rows.append([split, key, _fmt(before.get(key)), _fmt(after[key])])
     return rows
+
+
+def detector_rows(summary: dict[str, Any]) -> tuple[str, list[list[str]], str]:
+    """An anomaly detector's table after training (split, rows, verdict): the task's model and its baselines on the
+    test split (else validation), each at the threshold it chose on validation; empty when the task has none."""
+    after = summary.get("after", {})
+    split = "test" if "detectors" in after.get("test", {}) else "validation"
+    table = after.get(split, {}).get("detectors")
+    if not table:
+        return split, [], ""
+    return split, [[_fmt(row.get(key)) for key in _DETECTOR_COLUMNS] for row in table], after[split].get("verdict", "")
 
 
 def signatures(summary: dict[str, Any]) -> list[str]:
@@ -60,6 +73,11 @@ def markdown(summary: dict[str, Any], plot: str) -> str:
         lines += ["", "Majority-class baseline: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["majority_baseline"].items())]
     if signatures(summary):
         lines += ["", "sacreBLEU signatures: " + "; ".join(f"`{sig}`" for sig in signatures(summary))]
+    split, detectors, verdict = detector_rows(summary)
+    if detectors:
+        lines += ["", f"## Anomaly detection ({split}; thresholds chosen on validation)", "",
+                  "| " + " | ".join(_DETECTOR_COLUMNS) + " |", "|" + "---|" * len(_DETECTOR_COLUMNS),
+                  *["| " + " | ".join(r) + " |" for r in detectors], "", f"Verdict: {verdict}."]
     drift = summary.get("weight_drift", {})
     lines += [
         "", "## Cost", "",
@@ -92,9 +110,20 @@ def html_page(summary: dict[str, Any], plot: str) -> str:
 </head><body><h1>Run {html.escape(Path(summary['run']).name)}</h1>
 <p>Model <b>{html.escape(summary['model'])}</b>, task <b>{summary['task']}</b>, strategy <b>{summary['strategy']}</b>.</p>
 <h2>Before and after</h2><table><tr><th>split</th><th>metric</th><th>before</th><th>after</th></tr>{rows}</table>
+{_html_detectors(summary)}
 <h2>Cost</h2><p>{p['total']:,} parameters, {p['trainable']:,} trainable ({p['trainable_share']:.2%}); {summary['steps']} steps in
 {summary['train_seconds']} s ({summary['examples_per_second']} examples/s); peak memory {format_bytes(summary['peak_rss_bytes'])}.</p>
 <h2>Curves</h2><img src="{plot}" alt="loss curves">{_html_samples(summary)}</body></html>"""
+
+
+def _html_detectors(summary: dict[str, Any]) -> str:
+    split, detectors, verdict = detector_rows(summary)
+    if not detectors:
+        return ""
+    head = "".join(f"<th>{c}</th>" for c in _DETECTOR_COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in detectors)
+    return (f"<h2>Anomaly detection ({split}; thresholds chosen on validation)</h2><table><tr>{head}</tr>{body}</table>"
+            f"<p>Verdict: {html.escape(verdict)}.</p>")
 
 
 def _html_samples(summary: dict[str, Any]) -> str:
