@@ -229,3 +229,24 @@ def test_a_model_reloads_its_scaler_with_its_weights(tmp_path: Path) -> None:
     again.load_state_dict(vae.state_dict())
     assert torch.equal(again.center, vae.center) and torch.equal(again.spread, vae.spread)
     assert torch.allclose(again.scale(torch.tensor([[3.0, 4.0, 5.0]])), torch.ones(1, 3))
+
+
+def test_parquet_tables_are_checked_like_csv(tmp_path: Path) -> None:
+    import pandas as pd
+
+    rows = table_rows(30, 0)
+    frame = pd.DataFrame(rows)
+    frame.loc[3, "a"] = None  # row 4: missing (pyarrow stores a null)
+    frame.loc[5, "c"] = float("nan")  # row 6: NaN is a missing value too
+    path = tmp_path / "train.parquet"
+    frame.to_parquet(path)
+    recipe = vae_recipe(tmp_path, path)
+    with pytest.raises(DataError) as err:
+        prepare_rows(recipe.data, VAETask(recipe), recipe.seed, None)
+    assert "train.parquet, line 4: column 'a' has no value" in str(err.value)
+    assert "train.parquet, line 6: column 'c' has no value" in str(err.value)
+    frame.loc[3, "a"], frame.loc[5, "c"] = 0.5, 5.0
+    frame.to_parquet(path)
+    vae = VAETask(recipe)
+    splits, _ = prepare_rows(recipe.data, vae, recipe.seed, None)
+    assert vae.columns == ["a", "b", "c"] and sum(len(s) for s in splits.values()) == 30
