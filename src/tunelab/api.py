@@ -91,7 +91,7 @@ def warn_low_lr(recipe: Recipe) -> None:
 def _eval_splits(task: Any, model: torch.nn.Module, data: PreparedData, recipe: Recipe) -> dict[str, Any]:
     results = {name: task.evaluate(model, data.splits[name], recipe.eval.batch_size)
                for name in ("validation", "test") if data.splits.get(name)}
-    if hasattr(task, "generate_and_score"):  # generation tasks also generate, on the test split (else validation)
+    if hasattr(task, "generate_and_score"):  # generative tasks also generate, on the test split (else validation)
         split = "test" if data.splits.get("test") else "validation"
         results[split] |= task.generate_and_score(model, data.splits[split], recipe.eval.batch_size)
     return results
@@ -146,14 +146,18 @@ def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bo
     trackers = (start_trackers(recipe.output.trackers, run_dir, run_dir.name, recipe.model_dump(mode="json"))
                 if acc.is_main_process else [])
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=acc.is_main_process, trackers=trackers)
-    trainer = Trainer(recipe, task, strategy, model, data.splits["train"], data.splits["validation"], run_dir, acc,
-                      data_fingerprint=split_fingerprints(data.splits))
-    found = complete_checkpoints(run_dir / "checkpoints") if resume else []
-    if found:
-        trainer.restore(found[-1])
-        log.truncate_after(trainer.state.step)
-    elif resume:  # killed before its first checkpoint: start over in the same folder, forgetting the partial log
-        log.truncate_after(0)
+    try:
+        trainer = Trainer(recipe, task, strategy, model, data.splits["train"], data.splits["validation"], run_dir, acc,
+                          data_fingerprint=split_fingerprints(data.splits))
+        found = complete_checkpoints(run_dir / "checkpoints") if resume else []
+        if found:
+            trainer.restore(found[-1])
+            log.truncate_after(trainer.state.step)
+        elif resume:  # killed before its first checkpoint: start over in the same folder, forgetting the partial log
+            log.truncate_after(0)
+    except BaseException:
+        log.close()  # an MLflow run left open would make the next run in this process fail to start its own
+        raise
     try:
         fit_started = time.perf_counter()
         with RssSampler() as rss:
@@ -196,6 +200,8 @@ def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bo
         summary["majority_baseline"] = {n: majority_baseline(labels, [f["label"] for f in data.splits[n]])
                                         for n in ("validation", "test") if data.splits.get(n)}
     if acc.is_main_process:
+        if hasattr(task, "figures"):  # generative tasks: a grid of sample images
+            summary["figures"] = task.figures(final_model, run_dir)
         task.save(final_model, run_dir / "final", strategy)
         from tunelab.report import write_report
 

@@ -4,6 +4,11 @@ the recipe names them in ``output.trackers``.
 
 Every record of metrics.jsonl goes to each tracker as well: training records as ``train/loss`` and ``train/lr``,
 evaluation records as ``validation/<metric>``, at the run's optimiser step. Only the main process writes.
+
+MLflow's fluent API, which Accelerate's tracker drives, keeps its tracking URI process-wide (and copies it into
+MLFLOW_TRACKING_URI for child processes). A run therefore sets the URI when its tracker starts and puts back what was
+there when it finishes, so the next run in the same process (``tunelab ui``, a notebook) logs into its own folder,
+not the previous run's.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from accelerate.tracking import LOGGER_TYPE_TO_CLASS, GeneralTracker
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS, GeneralTracker, MLflowTracker
 
 from tunelab.errors import RecipeError
 
@@ -34,21 +39,70 @@ def require_trackers(names: list[str]) -> None:
 def start_trackers(names: list[str], run_dir: Path, run_name: str, config: dict[str, Any]) -> list[GeneralTracker]:
     """Start the named trackers for a run and record its resolved recipe with each."""
     require_trackers(names)
-    trackers = []
-    for name in names:
-        if name == "tensorboard":
-            tracker = LOGGER_TYPE_TO_CLASS[name](run_name, logging_dir=run_dir / "tensorboard")
-        elif name == "mlflow":
-            uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_dir / "mlruns").resolve().as_uri()
-            os.environ.setdefault("MLFLOW_TRACKING_URI", uri)
-            tracker = LOGGER_TYPE_TO_CLASS[name](experiment_name=run_name, logging_dir=uri)
-        else:
-            tracker = LOGGER_TYPE_TO_CLASS[name](run_name)
-        if hasattr(tracker, "start"):
-            tracker.start()
-        tracker.store_init_configuration(_flat(config))
-        trackers.append(tracker)
+    trackers: list[GeneralTracker] = []
+    try:
+        for name in names:
+            if name == "tensorboard":
+                tracker = LOGGER_TYPE_TO_CLASS[name](run_name, logging_dir=run_dir / "tensorboard")
+            elif name == "mlflow":
+                tracker = RunMLflowTracker(run_dir, experiment_name=str(config.get("name") or run_name), run_name=run_name)
+            else:
+                tracker = LOGGER_TYPE_TO_CLASS[name](run_name)
+            if hasattr(tracker, "start"):
+                tracker.start()
+            trackers.append(tracker)
+            tracker.store_init_configuration(_flat(config))
+    except BaseException:
+        for tracker in trackers:  # an MLflow run left active would make the next run's start fail
+            tracker.finish()
+        raise
     return trackers
+
+
+class RunMLflowTracker(MLflowTracker):
+    """Accelerate's MLflow tracker for one run: logs to MLFLOW_TRACKING_URI when the user set it, else to a file store
+    in the run folder (``RUN/mlruns``), and leaves MLflow's process-wide URI as it found it once the run finishes."""
+
+    _SCOPED = ("MLFLOW_TRACKING_URI", "MLFLOW_ALLOW_FILE_STORE")
+
+    def __init__(self, run_dir: Path, experiment_name: str, run_name: str) -> None:
+        super().__init__(experiment_name=experiment_name, run_name=run_name)
+        self.uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_dir / "mlruns").resolve().as_uri()
+        self.own_store = not os.environ.get("MLFLOW_TRACKING_URI")
+        self._saved: dict[str, str | None] | None = None
+
+    def start(self) -> None:
+        import mlflow
+
+        self._saved = {key: os.environ.get(key) for key in self._SCOPED}
+        if self.own_store:  # MLflow 3 refuses a file store unless asked; the run folder's own store is asked for
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        mlflow.set_tracking_uri(self.uri)
+        try:
+            super().start()
+        except BaseException:
+            self._restore()
+            raise
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self._restore()
+
+    def _restore(self) -> None:
+        """MLflow's URI and the environment as they were before ``start``."""
+        if self._saved is None:
+            return
+        import mlflow
+
+        mlflow.set_tracking_uri(None)  # also unsets MLFLOW_TRACKING_URI, which is put back below if it was set
+        for key, value in self._saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved = None
 
 
 def tracker_values(record: dict[str, Any]) -> tuple[dict[str, float], int | None]:
