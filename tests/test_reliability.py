@@ -89,6 +89,55 @@ def wait_until(condition: Callable[[], bool], proc: subprocess.Popen, timeout: f
         time.sleep(poll)
 
 
+def kill_three_times_then_resume(folder: Path, recipe: Path, whole: Path, steps: int, every: int) -> list[dict]:
+    """Train ``recipe`` as run ``folder/runs/X`` in a real ``tunelab train`` process and SIGKILL it three times: the
+    first as soon as a checkpoint is being written (its hidden temporary folder appears), the others at seeded random
+    points after the resumed process wrote a new checkpoint; resume after each. Every kill must hit a live process,
+    everything a kill leaves behind must verify and equal ``whole`` (the same recipe run uninterrupted, keeping every
+    checkpoint), and the end must equal ``whole`` bit for bit: weights, logged losses, step count. Returns the trials."""
+    run = folder / "runs" / "X"
+    rng = random.Random(20261122)
+    step_seconds = json.loads((whole / "summary.json").read_text())["train_seconds"] / steps
+    trials: list[dict] = []
+    for trial in range(3):
+        args = [str(recipe), "--name", "X"] if trial == 0 else [str(run), "--resume"]
+        before = max(steps_saved(run), default=0)
+        with open(folder / f"trial-{trial}.log", "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", *args], cwd=folder, stdout=out, stderr=out)
+        if trial == 0:  # during a checkpoint write: the moment its temporary folder exists
+            wait_until(lambda: any((run / "checkpoints").glob(".step-*.tmp")), proc, poll=0.001)
+        else:  # a random point after the resumed process wrote its first new checkpoint: before, between or during
+            wait_until(lambda: max(steps_saved(run), default=0) > before, proc)
+            time.sleep(rng.uniform(0.0, every) * step_seconds)
+        finished_first = proc.poll() is not None
+        writing = any((run / "checkpoints").glob(".step-*.tmp"))
+        proc.kill()  # SIGKILL: no handler, no cleanup, no flush
+        proc.wait()
+        trials.append({"trial": trial, "checkpoints": steps_saved(run), "finished": finished_first,
+                       "mid_write": writing})
+        assert not finished_first or (run / "summary.json").exists(), f"the process died by itself: {trials}"
+        for step in steps_saved(run):  # everything a kill leaves behind verifies and equals the reference
+            ckpt.verify(run / "checkpoints" / f"step-{step:07d}")
+            assert_same(weights(run, step), weights(whole, step), f"after kill {trials[-1]}, step {step}")
+        if (run / "summary.json").exists():
+            break
+    assert not trials[0]["finished"], "the first kill must land while the run trains"
+    finished = (run / "summary.json").exists()  # the last kill may land after the run wrote its summary
+    resumed = CliRunner().invoke(app, ["train", str(run), "--resume"])
+    if finished:
+        assert resumed.exit_code == 2 and "already finished" in resumed.output
+    else:
+        assert resumed.exit_code == 0, f"{trials}\n{resumed.output[-3000:]}"
+    assert_same(weights(run, steps), weights(whole, steps), f"final weights after kills {trials}")
+    assert losses(run) == losses(whole)
+    assert not list((run / "checkpoints").glob(".step-*")), "a torn temporary folder was left behind"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == steps and summary["skipped_steps"] == 0
+    again = CliRunner().invoke(app, ["train", str(run), "--resume"])  # a finished run says so, and trains nothing
+    assert again.exit_code == 2 and "already finished" in again.output
+    return trials
+
+
 KILL_VARIANTS = {  # strategy and train sections over the default full fine-tuning: each state a resume must restore
     "full": ({}, {}),
     "lora": ({"method": "lora", "r": 4}, {}),
@@ -115,46 +164,7 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(data_dir: Pat
                                       train=settings | {"keep_checkpoints": 100}), name="whole")
     recipe = make_recipe(folder, tiny_bert_dir, data_dir / "reviews.csv", **sections,
                          train=settings | {"keep_checkpoints": 2})
-    run = folder / "runs" / "X"
-    rng = random.Random(20261122)
-    step_seconds = json.loads((whole / "summary.json").read_text())["train_seconds"] / STEPS
-    trials = []
-    for trial in range(3):
-        args = [str(recipe), "--name", "X"] if trial == 0 else [str(run), "--resume"]
-        before = max(steps_saved(run), default=0)
-        with open(folder / f"trial-{trial}.log", "w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", *args], cwd=folder, stdout=out, stderr=out)
-        if trial == 0:  # during a checkpoint write: the moment its temporary folder exists
-            wait_until(lambda: any((run / "checkpoints").glob(".step-*.tmp")), proc, poll=0.001)
-        else:  # a random point after the resumed process wrote its first new checkpoint: before, between or during
-            wait_until(lambda: max(steps_saved(run), default=0) > before, proc)
-            time.sleep(rng.uniform(0.0, EVERY) * step_seconds)
-        finished_first = proc.poll() is not None
-        writing = any((run / "checkpoints").glob(".step-*.tmp"))
-        proc.kill()  # SIGKILL: no handler, no cleanup, no flush
-        proc.wait()
-        trials.append({"trial": trial, "checkpoints": steps_saved(run), "finished": finished_first,
-                       "mid_write": writing})
-        assert not finished_first or (run / "summary.json").exists(), f"the process died by itself: {trials}"
-        for step in steps_saved(run):  # everything a kill leaves behind verifies and equals the reference
-            ckpt.verify(run / "checkpoints" / f"step-{step:07d}")
-            assert_same(weights(run, step), weights(whole, step), f"after kill {trials[-1]}, step {step}")
-        if (run / "summary.json").exists():
-            break
-    assert not trials[0]["finished"], "the first kill must land while the run trains"
-    finished = (run / "summary.json").exists()  # the last kill may land after the run wrote its summary
-    resumed = CliRunner().invoke(app, ["train", str(run), "--resume"])
-    if finished:
-        assert resumed.exit_code == 2 and "already finished" in resumed.output
-    else:
-        assert resumed.exit_code == 0, f"{trials}\n{resumed.output[-3000:]}"
-    assert_same(weights(run, STEPS), weights(whole, STEPS), f"final weights after kills {trials}")
-    assert losses(run) == losses(whole)
-    assert not list((run / "checkpoints").glob(".step-*")), "a torn temporary folder was left behind"
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["steps"] == STEPS and summary["skipped_steps"] == 0
-    again = CliRunner().invoke(app, ["train", str(run), "--resume"])  # a finished run says so, and trains nothing
-    assert again.exit_code == 2 and "already finished" in again.output
+    trials = kill_three_times_then_resume(folder, recipe, whole, STEPS, EVERY)
     print(f"\nSIGKILL trials ({variant}): {trials}")
 
 
