@@ -92,7 +92,14 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("raw", STRATEGIES, ids=[json.dumps(r, separators=(",", ":")) for r in STRATEGIES])
 def test_every_strategy_on_a_cnn_moves_exactly_what_trains(tmp_path: Path, image_folder: Path, raw: dict) -> None:
-    recipe = load_recipe(image_recipe(tmp_path, image_folder, strategy=raw, optim={"weight_decay": 0.0}))
+    check_strategy_moves_exactly_what_trains(tmp_path, image_folder, raw, CNN)
+
+
+def check_strategy_moves_exactly_what_trains(tmp_path: Path, image_folder: Path, raw: dict, model_name: str) -> None:
+    """Two optimiser steps: trainable parameters all move, frozen ones (and their buffers) stay bitwise, and the
+    counts are what inspect shows."""
+    recipe = load_recipe(image_recipe(tmp_path, image_folder, strategy=raw, optim={"weight_decay": 0.0},
+                                      model={"name": model_name}))
     task = build_task(recipe)
     task.set_labels(sorted(COLOURS))
     features = task.featurize([_row(image_folder, label, i) for label in COLOURS for i in range(4)]).features
@@ -122,7 +129,7 @@ def test_every_strategy_on_a_cnn_moves_exactly_what_trains(tmp_path: Path, image
     assert moved_params <= candidates, f"frozen but moved: {sorted(moved_params - candidates)[:5]}"
     assert trainable <= moved_params, f"trainable but still: {sorted(trainable - moved_params)[:5]}"
     still_frozen = [m for m in frozen_modules if not any(n.startswith(m + ".") for n in candidates)]
-    assert still_frozen or raw["method"] == "full"
+    assert (set(before) & {name for name, _ in model.named_parameters()}) - candidates or raw["method"] == "full"
     for module in still_frozen:  # frozen means frozen: running mean/var of a frozen batch norm never move
         changed = [n for n in moved if n.startswith(module + ".")]
         assert not changed, f"{module} is frozen but {changed} changed"
@@ -213,3 +220,19 @@ def test_bad_images_are_named_by_file_or_skipped_and_counted(tmp_path: Path, ima
     assert sum(data["rows"].values()) == 18 + 3  # 3 converted images kept, 4 bad ones skipped
     assert data["converted"] == {"CMYK images converted to RGB": 1, "L images converted to RGB": 1,
                                  "RGBA images converted to RGB": 1}
+
+
+def test_inspect_measures_image_activations_and_frozen_parts_keep_none() -> None:
+    from rich.console import Console
+
+    from tunelab.inspect import inspect_model
+
+    def activations(strategy: str, *extra: str) -> int:
+        counts = inspect_model(CNN, Console(file=io.StringIO()), strategy=strategy,
+                               overrides=["task.type=image_classification", "task.pretrained=false",
+                                          "task.image_size=32", *extra])
+        return counts["memory"]["activations"]
+
+    full, half, head = activations("full"), activations("freeze", "strategy.bottom=0.5"), activations("feature_extraction")
+    assert full > half > head > 0  # autograd saves less the more of the bottom is frozen
+    assert head < full / 100  # only the head's input and output remain

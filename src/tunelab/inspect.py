@@ -13,9 +13,10 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+import torch
 from torch import nn
 
-from tunelab.evaluate.memory import estimate_training_memory, format_bytes
+from tunelab.evaluate.memory import estimate_training_memory, format_bytes, measured_activations
 from tunelab.recipe import Recipe, parse_recipe
 
 
@@ -55,7 +56,10 @@ def recipe_for(model_or_run: str, strategy: str | None, overrides: list[str]) ->
         from tunelab.models import CATALOG
         from tunelab.tasks.registry import TASK_FOR_KIND
 
-        task = TASK_FOR_KIND[CATALOG.get(model_or_run, {}).get("kind", "encoder")]
+        from tunelab.models.vision_hf import is_image_folder
+
+        kind = CATALOG.get(model_or_run, {}).get("kind") or ("image" if is_image_folder(model_or_run) else "encoder")
+        task = TASK_FOR_KIND[kind]
         raw = {"model": {"name": model_or_run}, "task": {"type": task},
                "data": {"train": "(not read by inspect)", "labels": ["0", "1"]}}
     if strategy:
@@ -87,7 +91,15 @@ def inspect_model(model_or_run: str, console: Console, *, strategy: str | None =
                   f"[bold]{counts['frozen']:,}", f"{counts['trainable_share']:.2%} trains")
     console.print(table)
     memory = estimate_training_memory(model, batch_size=batch_size, seq_len=seq_len)
+    shape = f"batch {batch_size} x {seq_len} tokens"
+    if recipe.task.type == "image_classification":  # measured: CNN activations have no closed form
+        _, height, width = task.preprocessing.input_size
+        strategy.set_train_mode(model)
+        pixels = torch.randn(batch_size, 3, height, width)
+        memory["activations"] = measured_activations(model, {"pixel_values": pixels})
+        memory["total"] = sum(memory[k] for k in ("weights", "gradients", "optimizer", "activations"))
+        shape = f"batch {batch_size} images of 3x{height}x{width}; activations measured on one forward"
     parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in memory.items() if k not in ("total", "activation_blocks"))
-    console.print(f"training memory estimate (fp32, AdamW, batch {batch_size} x {seq_len} tokens): "
+    console.print(f"training memory estimate (fp32, AdamW, {shape}): "
                   f"[bold]{format_bytes(memory['total'])}[/] = {parts}")
     return counts | {"memory": memory}

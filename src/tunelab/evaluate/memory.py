@@ -14,6 +14,7 @@ import threading
 from types import TracebackType
 
 import psutil
+import torch
 from torch import nn
 
 from tunelab.errors import RecipeError
@@ -170,3 +171,25 @@ def format_bytes(n: int) -> str:
         i += 1
     sign = "-" if n < 0 else ""
     return f"{sign}{value:.0f} B" if i == 0 else f"{sign}{value:.1f} {units[i]}"
+
+
+def measured_activations(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
+    """Bytes autograd keeps for backward after one forward pass of ``inputs`` (each storage counted once, the
+    parameters themselves left out).
+
+    Why: for CNNs no closed form like the transformer one exists (every stage has its own resolution and width), and
+    one forward of a real-size batch answers exactly, frozen parts included: autograd saves nothing where no
+    gradient will flow.
+    """
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = max(saved.get(storage.data_ptr(), 0), storage.nbytes())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(**inputs)
+    return sum(saved.values())

@@ -10,6 +10,10 @@ GPT-2 ``transformer.h``, T5 ``encoder.block`` + ``decoder.block``) and PEFT pref
     an ``nn.ModuleList`` whose children all share one class and contain attention,
     not nested inside another such list.
 
+Convolutional networks from transformers (ResNet ``resnet.encoder.stages``, ConvNeXt ``convnext.encoder.stages``,
+MobileNetV2 ``mobilenet_v2.layer``, EfficientNet ``efficientnet.encoder.blocks``) have no attention; when a model has no
+attention stack, the same rule with "contain a convolution" in place of "contain attention" finds their stages.
+
 Image models from timm say themselves what their blocks are: ``group_matcher(coarse=True)`` groups the modules into
 stem, stages (EfficientNet ``blocks.0-6``, ResNet ``layer1-4``, VGG's convolutions, ConvNeXt ``stages.0-3``) and
 head. There the stages are the blocks, the stem plays the embeddings' part (depth 0) and whatever follows the last
@@ -36,6 +40,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
@@ -62,26 +67,37 @@ def _has_attention(module: nn.Module) -> bool:
     return False
 
 
-def find_block_stacks(model: nn.Module) -> list[BlockStack]:
-    """Find the model's stacks of repeated transformer blocks, in registration (depth) order.
+def _has_conv(module: nn.Module) -> bool:
+    """Whether a block contains a 2-D convolution (a CNN stage or block)."""
+    return any(isinstance(sub, nn.Conv2d) for sub in module.modules())
 
-    Strategies select and freeze layers by position in these stacks, so this is the one place
-    that decides what "a layer" is. Lists nested inside an accepted stack (T5's per-block
-    ``layer`` list, for instance) are skipped.
-    """
+
+def _stacks(model: nn.Module, kind: Callable[[nn.Module], bool]) -> list[BlockStack]:
+    """Outermost non-empty ModuleLists of one child class whose first child is of the ``kind`` asked for."""
     stacks: list[BlockStack] = []
     for name, module in model.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
             continue
         if any(name.startswith(stack.name + ".") for stack in stacks):
             continue
-        if len({type(child) for child in module}) != 1 or not _has_attention(module[0]):
+        if len({type(child) for child in module}) != 1 or not kind(module[0]):
             continue
         stacks.append(BlockStack(name=name, blocks=module))
+    return stacks
+
+
+def find_block_stacks(model: nn.Module) -> list[BlockStack]:
+    """Find the model's stacks of repeated transformer blocks (or, without attention, CNN stages) in depth order.
+
+    Strategies select and freeze layers by position in these stacks, so this is the one place
+    that decides what "a layer" is. Lists nested inside an accepted stack (T5's per-block
+    ``layer`` list, for instance) are skipped.
+    """
+    stacks = _stacks(model, _has_attention) or _stacks(model, _has_conv)
     if not stacks:
         raise ModelError(
             f"found no stack of transformer blocks in {type(model).__name__}: looked for an "
-            "nn.ModuleList of identical modules that contain attention. Layer-wise strategies "
+            "nn.ModuleList of identical modules that contain attention (or convolutions). Layer-wise strategies "
             "(freeze bottom/top/every/indices, gradual unfreezing, layer-wise learning rates) "
             "cannot work on this model; select parameters with name patterns instead."
         )

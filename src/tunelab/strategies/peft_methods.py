@@ -78,6 +78,8 @@ def _defaults(mapping: dict[str, list[str]], model: nn.Module, key: str) -> list
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type is None and any(callable(getattr(m, "group_matcher", None)) for m in model.modules()):
         return pointwise_layers(model)  # a timm image model
+    if model_type not in mapping and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return pointwise_layers(model)  # a transformers CNN (ResNet, ConvNeXt, MobileNetV2, EfficientNet)
     if model_type not in mapping:
         raise RecipeError(
             f"strategy.{key}: no default is known for model type {model_type!r}; set it to some of the model's "

@@ -1,13 +1,15 @@
-"""Image classification: a new head on a pretrained timm backbone (EfficientNet, ResNet, MobileNetV2, VGG, ViT, ...).
+"""Image classification: a new head on a pretrained timm backbone (EfficientNet, ResNet, MobileNetV2, VGG, ViT, ...)
+or a transformers image classifier named by hub id or local folder (``models/vision_hf.py``).
 
 Rows hold an image (a path, raw bytes or an array) and a label. Each image is decoded and checked once, when the
 data is prepared: a corrupt, truncated, empty or tiny image is a row-named error (or a counted skip), and CMYK,
 greyscale, palette and alpha images are converted to RGB and counted. Features keep the decoded pixels (shrunk to
 what the crop needs) and a digest of them, which is the example's key for the frozen-feature cache.
 
-The model is timm's, wrapped so that batches reach it as ``pixel_values`` like any other task's inputs; final/ holds
-the bare timm model (adapters merged in) with its preprocessing, which plain ``timm.create_model("local-dir:...")``
-reloads.
+A timm model is wrapped so that batches reach it as ``pixel_values`` like any other task's inputs; final/ holds the
+bare timm model (adapters merged in) with its preprocessing, which plain ``timm.create_model("local-dir:...")``
+reloads. A transformers model takes ``pixel_values`` itself; its final/ is what ``save_pretrained`` writes, with the
+image processor, for ``AutoModelForImageClassification`` and ``AutoImageProcessor``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from tunelab.data.sources import Row
 from tunelab.errors import RunError
 from tunelab.io import publish_dir, write_json
-from tunelab.models import vision
+from tunelab.models import vision, vision_hf
 from tunelab.tasks.base import Feature, Prepared
 from tunelab.tasks.labels import Labelled
 
@@ -53,8 +55,12 @@ class ImageClassificationTask(Labelled):
 
     name = "image_classification"
 
-    def __init__(self, recipe: Any, preprocessing: vision.Preprocessing | None = None) -> None:
+    def __init__(self, recipe: Any, preprocessing: vision.Preprocessing | None = None,
+                 hf_processor: Any = None) -> None:
         self.recipe = recipe
+        self.hf_processor = hf_processor  # a transformers backbone's image processor; None for timm backbones
+        self.transformers = hf_processor is not None or (
+            preprocessing is None and vision_hf.is_transformers_model(recipe.model.name))
         self.cfg = recipe.task
         self.image_col = recipe.data.columns.get("image", "image")
         self.label_col = recipe.data.columns.get("label", "label")
@@ -66,6 +72,10 @@ class ImageClassificationTask(Labelled):
 
     def _preprocessing(self) -> vision.Preprocessing:
         """The backbone's own preprocessing (from its pretrained config), at task.image_size if the recipe sets it."""
+        if self.transformers:
+            self.hf_processor = vision_hf.load_processor(self.recipe.model.name, self.recipe.model.trust_remote_code,
+                                                         self.cfg.image_size)
+            return vision.Preprocessing(**vision_hf.train_geometry(self.hf_processor))
         own = vision.preprocessing_for(self.recipe.model.name)
         if self.cfg.image_size is None:
             return own
@@ -77,12 +87,16 @@ class ImageClassificationTask(Labelled):
 
     @classmethod
     def load(cls, final_dir: Path, recipe: Any, info: dict[str, Any]) -> ImageClassificationTask:
-        """The bare timm model of final/ (as plain timm loads it) with its saved preprocessing."""
-        backbone, preprocessing = vision.load_image_model(final_dir)
-        task = cls(recipe, preprocessing)
+        """The bare model of final/ (as plain timm or transformers loads it) with its saved preprocessing."""
+        if info.get("format") == "transformers":
+            model, processor = vision_hf.load(final_dir)
+            task = cls(recipe, vision.Preprocessing(**vision_hf.train_geometry(processor)), processor)
+        else:
+            backbone, preprocessing = vision.load_image_model(final_dir)
+            task, model = cls(recipe, preprocessing), ImageClassifier(backbone).eval()
         task.set_labels(info["labels"])
         task.info, task.final_dir = info, final_dir
-        task.model = ImageClassifier(backbone).eval()
+        task.model = model
         return task
 
     # ---- rows and features -------------------------------------------------------------------------------------
@@ -124,7 +138,8 @@ class ImageClassificationTask(Labelled):
     @property
     def _eval_transform(self) -> Any:
         if not hasattr(self, "_eval"):
-            self._eval = vision.eval_transform(self.preprocessing)
+            self._eval = (vision_hf.eval_transform(self.hf_processor) if self.transformers
+                          else vision.eval_transform(self.preprocessing))
         return self._eval
 
     @property
@@ -145,6 +160,11 @@ class ImageClassificationTask(Labelled):
 
     def build_model(self) -> nn.Module:
         """The backbone (pretrained, or the same architecture from scratch) with a new head for these labels."""
+        if self.transformers:  # task.drop_rate is timm's; a transformers model keeps its config's dropout
+            model = vision_hf.create(self.recipe.model.name, self.label_names, pretrained=self.cfg.pretrained,
+                                     trust_remote_code=self.recipe.model.trust_remote_code)
+            vision_hf.check_input_size(model, vision_hf.output_edge(self.hf_processor))
+            return model
         backbone, _ = vision.create_image_model(self.recipe.model.name, len(self.label_names),
                                                 pretrained=self.cfg.pretrained)
         if hasattr(backbone, "drop_rate"):
@@ -185,26 +205,33 @@ class ImageClassificationTask(Labelled):
 
     # ---- saving ------------------------------------------------------------------------------------------------
     def save(self, model: nn.Module, folder: Path, strategy: Any) -> None:
-        """final/ as plain timm writes it (adapters merged into the weights), written whole or not at all."""
+        """final/ as plain timm or transformers writes it (adapters merged in), written whole or not at all."""
         bare = _merged_backbone(model)
         tmp = folder.with_name(f".{folder.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        vision.save_image_model(bare, self.preprocessing, tmp, label_names=self.label_names)
-        write_json(tmp / "tunelab.json", {"task": self.name, "labels": self.label_names, "format": "timm",
-                                          "strategy": strategy.name})
+        if self.transformers:
+            vision_hf.save(bare, self.hf_processor, tmp)
+        else:
+            vision.save_image_model(bare, self.preprocessing, tmp, label_names=self.label_names)
+        write_json(tmp / "tunelab.json", {"task": self.name, "labels": self.label_names, "strategy": strategy.name,
+                                          "format": "transformers" if self.transformers else "timm"})
         publish_dir(tmp, folder)
 
     def export(self, target: Path) -> Path:
+        if self.transformers:
+            raise RunError(f"{self.final_dir}: this image run's final/ is already a plain transformers folder (adapters "
+                           f"merged in); load it with AutoModelForImageClassification.from_pretrained('{self.final_dir}')"
+                           " and AutoImageProcessor.from_pretrained of the same folder")
         raise RunError(f"{self.final_dir}: an image run's final/ is already a plain timm folder (adapters merged in); "
                        f"load it with timm.create_model('local-dir:{self.final_dir}', pretrained=True)")
 
 
 def _merged_backbone(model: nn.Module) -> nn.Module:
-    """The bare timm model with any PEFT adapter folded into a copy of its weights (the training model is kept)."""
+    """The bare model with any PEFT adapter folded into a copy of its weights (the training model is kept)."""
     if hasattr(model, "merge_and_unload"):
         model = copy.deepcopy(model).merge_and_unload()
-    return model.backbone
+    return model.backbone if isinstance(model, ImageClassifier) else model
 
 
 def decode(image: Any, base: Path) -> tuple[Image.Image, str | None]:

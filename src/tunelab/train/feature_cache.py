@@ -244,6 +244,8 @@ def build_cache(kind: str, model: nn.Module, splits: list[list[dict[str, Any]]],
         cache = Cache("head", store, model, task, head=model.get_submodule(heads[0]))
         capture_at, stop = cache.head, False
     else:
+        if getattr(task, "tokenizer", None) is None:
+            raise Unsupported("the boundary cache finds examples by their token ids, and this task has no tokens")
         try:
             stem_path, stem, stack_path, blocks, boundary = layers.frozen_bottom(model)
         except ModelError as err:
