@@ -20,6 +20,8 @@ class _TaskOptions(BaseModel):
     default_metric: ClassVar[tuple[str, Literal["max", "min"]]] = ("loss", "min")
     peft_task_type: ClassVar[str | None] = None  # peft's TaskType name; None: a plain module (peft's generic wrapper)
     inputs: ClassVar[Literal["tokens", "pixels"]] = "tokens"  # what the model reads (strategies that need tokens ask)
+    evaluate_each_epoch: ClassVar[bool] = True  # also evaluate (and checkpoint) at every epoch's end, not only every
+    # train.eval_every steps
 
 
 class HeadConfig(_TaskOptions):

@@ -4,6 +4,10 @@ A task loads its own processor (tokenizer, image preprocessing), turns validated
 with its head, collates batches, computes a *summed* loss with the count it is summed over (so gradient accumulation
 and several processes can divide by the true global count and equal one big batch), evaluates, predicts, and saves
 and loads ``final/``. ``TextTask`` holds what the text tasks share.
+
+A task may own its training step instead (``train_step``), with several optimisers (``optimizer_groups``): a GAN
+updates its discriminator and its generator in turn. It receives a ``Stepper`` from the loop, which makes each
+update with the loop's care (micro-batches, clipping, NaN/inf handling).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -32,6 +37,28 @@ class Prepared:
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (where, problem) of rows that cannot be used
     truncated: int = 0
     converted: Counter[str] = field(default_factory=Counter)  # rows kept after a change the summary should show
+
+
+@dataclass
+class OptimizerGroup:
+    """One network of a task that owns its step: its parameters (by name), AdamW's rate, betas and weight decay,
+    and its schedule (None: the recipe's train.schedule)."""
+
+    names: list[str]
+    lr: float
+    betas: tuple[float, float] | None = None
+    weight_decay: float = 0.0
+    schedule: str | None = None
+
+
+class Stepper(Protocol):
+    """What the loop hands a task's ``train_step``: the loop step in hand (0-based ``index``) and ``update``, one
+    optimiser step of the named network from ``loss_sum(model, batch)`` over the step's batch (its mean loss)."""
+
+    index: int
+
+    def update(self, name: str, loss_sum: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]) -> float:
+        ...
 
 
 class Task(Protocol):

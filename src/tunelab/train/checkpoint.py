@@ -36,13 +36,19 @@ def _sha256(path: Path) -> str:
 
 
 def rng_state() -> dict[str, Any]:
-    """Every random generator a step consumes (dropout uses torch's; python's for shuffles)."""
-    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_pos": random.getstate()[2]}
+    """Every random generator a step consumes (dropout uses torch's; python's for shuffles; noise drawn on a GPU,
+    CUDA's)."""
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_pos": random.getstate()[2]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate((3, tuple(state["python"]), state["python_pos"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -6,6 +6,9 @@ Three things it does that plain loops often get wrong:
 - exact resume: batches come from a seeded permutation per epoch, and a checkpoint stores the position in it
   together with model, optimiser, scheduler and RNG states, so a resumed run repeats the uninterrupted one;
 - every optimiser step is the same whatever the number of processes: a global batch is split across them.
+
+A task may own its step (``train_step``) and declare several optimisers (``optimizer_groups``): a GAN's generator
+and discriminator. The updates themselves are in ``stepping``; checkpoints hold every optimiser and schedule.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from tunelab.strategies.base import Strategy
 from tunelab.tasks.base import Feature, Task
 from tunelab.train import checkpoint as ckpt
 from tunelab.train import feature_cache, speed
-from tunelab.train.optim import make_optimizer, make_scheduler, param_groups
 from tunelab.train.progress import Progress
+from tunelab.train.stepping import (Stepper, build_optimizers, load_optimizer_objects, optimizer_objects,
+                                    strategy_param_groups)
 
 
 @dataclass
@@ -89,12 +93,18 @@ class Trainer:
         self.per_epoch = math.ceil(len(train) / recipe.train.batch_size)
         self.total = total_steps(recipe, self.per_epoch)
         self.candidates = strategy.trainable_candidates(model)
-        groups = param_groups(model, recipe, self.candidates, strategy.depth_map(model), strategy.default_head_lr)
-        optimizer = make_optimizer(groups, recipe)
-        scheduler = make_scheduler(optimizer, recipe, self.total)
-        # the scheduler stays unprepared: accelerate would step it once per process, not once per optimiser step
-        self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        self.scheduler = scheduler
+        self.owned = hasattr(task, "train_step")  # the task makes its own updates (several optimisers)
+        if self.owned and accelerator.num_processes > 1:
+            raise RunError(f"task.type {recipe.task.type} owns its training step, which runs in one process only "
+                           "for now; launch it without accelerate launch --num_processes")
+        optimizers, self.schedulers = build_optimizers(
+            model, recipe, task.optimizer_groups(model) if self.owned else None,
+            strategy_param_groups(model, recipe, self.candidates, strategy), self.total)
+        # the schedules stay unprepared: accelerate would step them once per process, not once per optimiser step
+        self.model, *prepared = accelerator.prepare(model, *optimizers.values())
+        self.optimizers = dict(zip(optimizers, prepared))
+        self.stepper = Stepper(accelerator, self.model, task, recipe, self.optimizers, self._forward, self._nan_message)
+        self.terms: dict[str, float] = {}  # the last step's losses by name (a GAN's d_loss and g_loss)
         self.state = LoopState(data=dict(data_fingerprint or {}))
         self.stop_requested = False
         self.cache: feature_cache.Cache | None = None  # built in fit(): its time is training time
@@ -111,7 +121,7 @@ class Trainer:
             ckpt.save_checkpoint(
                 folder,
                 {name: named[name] for name in self.candidates} | ckpt.buffers(model),
-                {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state()},
+                optimizer_objects(self.optimizers, self.schedulers) | {"rng": ckpt.rng_state()},
                 asdict(self.state),
             )
             best = {f"step-{self.state.best_step:07d}"} if self.state.best_step is not None else set()
@@ -120,7 +130,7 @@ class Trainer:
         return folder
 
     def restore(self, folder: Path) -> None:
-        """Load weights, optimiser, scheduler, RNG and loop position from a verified checkpoint."""
+        """Load weights, optimisers, schedules, RNG and loop position from a verified checkpoint."""
         tensors, objects, state = ckpt.load_checkpoint(folder)
         model = self.acc.unwrap_model(self.model)
         missing = set(self.candidates) - set(tensors)
@@ -128,8 +138,7 @@ class Trainer:
             raise RunError(f"{folder}: checkpoint lacks {len(missing)} trained parameters (e.g. {sorted(missing)[:3]}); "
                            "was it written by a different recipe?")
         model.load_state_dict(tensors, strict=False)
-        self.optimizer.load_state_dict(objects["optimizer"])
-        self.scheduler.load_state_dict(objects["scheduler"])
+        load_optimizer_objects(self.optimizers, self.schedulers, objects, str(folder))
         ckpt.set_rng_state(objects["rng"])
         saved = LoopState(**state)
         changed = [name for name in sorted(set(saved.data) | set(self.state.data))
@@ -148,42 +157,23 @@ class Trainer:
         tensors, _, _ = ckpt.load_checkpoint(self.ckpt_dir / f"step-{self.state.best_step:07d}")
         self.acc.unwrap_model(self.model).load_state_dict(tensors, strict=False)
 
-    # ---- one optimiser step ------------------------------------------------------------------------------------
+    # ---- one step ------------------------------------------------------------------------------------------------
     def step(self, batch_ids: list[int]) -> float:
-        """Forward/backward over the global batch in micro-batches, then one optimiser step; returns mean loss."""
-        features = [self.train_features[i] for i in batch_ids]
-        count = self.task.count(features)
-        world, rank = self.acc.num_processes, self.acc.process_index
-        micro = self.recipe.train.grad_accum
-        size = math.ceil(len(features) / micro)
-        chunks = [features[s : s + size] for s in range(0, len(features), size)]
-        total = torch.zeros(())
-        for k, chunk in enumerate(chunks):
-            mine = chunk[rank::world]
-            scale = world / count
-            if not mine:  # keep collective ops in step: a zero-weighted forward on someone else's example
-                mine, scale = chunk[:1], 0.0
-            augment = self.cache is None  # cached features were computed from un-augmented inputs
-            batch = {key: value.to(self.acc.device) for key, value in self.task.collate(mine, train=augment).items()}
-            sync = contextlib.nullcontext() if k == len(chunks) - 1 else self.acc.no_sync(self.model)
-            with sync, self._forward() as model:
-                loss = self.task.loss_sum(model, batch)
-                self.acc.backward(loss * scale)
-            total += loss.detach().float().cpu() * (scale > 0)
-        total = self.acc.reduce(total.to(self.acc.device), reduction="sum").cpu() if world > 1 else total
-        loss = float(total) / count
-        norm = (self.acc.clip_grad_norm_(self.model.parameters(), self.recipe.train.max_grad_norm)
-                if self.recipe.train.max_grad_norm else None)
-        fault = _non_finite(loss, norm)  # from all-reduced values, so every process takes the same branch
-        if fault and self.recipe.train.on_nan == "stop":
-            raise RunError(self._nan_message(fault))
-        if fault:
-            self.state.skipped_steps += 1
-        else:
-            self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss
+        """One loop step over a global batch: the task's own updates, or forward/backward over the batch in
+        micro-batches and one optimiser step; then every schedule steps. Returns the mean loss."""
+        self.stepper.begin([self.train_features[i] for i in batch_ids], self.state.step,
+                           augment=self.cache is None)  # cached features were computed from un-augmented inputs
+        self.terms = (self.task.train_step(self.stepper) if self.owned
+                      else {"loss": self.stepper.update("model", self.task.loss_sum)})
+        self.state.skipped_steps += self.stepper.skipped
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+        return self.terms["loss"]
+
+    def rates(self) -> dict[str, float]:
+        """The current learning rate: 'lr' (the first optimiser's) and, with several, 'lr_NAME' for each."""
+        rates = {f"lr_{name}": s.get_last_lr()[0] for name, s in self.schedulers.items()}
+        return {"lr": next(iter(rates.values()))} | (rates if len(rates) > 1 else {})
 
     # ---- evaluation and stopping -------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
@@ -242,10 +232,12 @@ class Trainer:
                     self.state.step += 1
                     self.state.batch_in_epoch += 1
                     self.state.examples_seen += len(ids)
-                    lr = self.scheduler.get_last_lr()[0]
-                    progress.update(self.state.step, loss, lr, self.state.examples_seen / max(self.state.train_seconds, 1e-9))
+                    rates = self.rates()
+                    progress.update(self.state.step, loss, rates["lr"],
+                                    self.state.examples_seen / max(self.state.train_seconds, 1e-9))
                     if self.state.step % t.log_every == 0:
-                        log({"step": self.state.step, "epoch": self._epoch_float(), "train_loss": loss, "lr": lr})
+                        terms = {f"train_{k}": v for k, v in self.terms.items() if k != "loss"}
+                        log({"step": self.state.step, "epoch": self._epoch_float(), "train_loss": loss} | terms | rates)
                     end_of_epoch = self.state.batch_in_epoch == len(batches)
                     if end_of_epoch:
                         self.state.epoch += 1
@@ -253,7 +245,8 @@ class Trainer:
                     if self.strategy.on_step_end(self.state.step, self.state.epoch, end_of_epoch, self.acc.unwrap_model(self.model)):
                         self.strategy.set_train_mode(self.model)
                     self.state.out_of_time = self._out_of_time()
-                    due = (t.eval_every and self.state.step % t.eval_every == 0) or end_of_epoch or self.state.step == self.total
+                    due = ((t.eval_every and self.state.step % t.eval_every == 0) or self.state.step == self.total
+                           or (end_of_epoch and self.recipe.task.evaluate_each_epoch))
                     due = due or self.state.out_of_time
                     if due:
                         self._eval_and_checkpoint(log, name)
@@ -313,15 +306,6 @@ class Trainer:
         where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
         return (f"{fault} at step {self.state.step + 1} (epoch {self.state.epoch}, batch {self.state.batch_in_epoch} "
                 f"of it); {where}. Lower train.lr or check the data; train.on_nan: skip skips such steps instead.")
-
-
-def _non_finite(loss: float, grad_norm: torch.Tensor | None) -> str | None:
-    """What went non-finite in a step, if anything: the loss, or (with finite loss) the gradient norm."""
-    if not math.isfinite(loss):
-        return f"the training loss became {loss}"
-    if grad_norm is not None and not math.isfinite(float(grad_norm)):
-        return f"the gradient norm became {float(grad_norm)}"
-    return None
 
 
 def seed_everything(seed: int) -> None:

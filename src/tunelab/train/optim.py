@@ -72,26 +72,29 @@ def make_optimizer(groups: list[dict], recipe: Recipe) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, betas=recipe.optim.betas, eps=recipe.optim.eps, fused=fused or None)
 
 
-def lr_lambda(recipe: Recipe, total_steps: int) -> Callable[[int], float]:
-    """Multiplier of the peak rate at a step: linear warmup, then the recipe's schedule."""
+def lr_lambda(recipe: Recipe, total_steps: int, schedule: str | None = None) -> Callable[[int], float]:
+    """Multiplier of the peak rate at a step: linear warmup, then the recipe's schedule (or ``schedule``, where a
+    task gives one of its optimisers its own)."""
     t = recipe.train
+    schedule = schedule or t.schedule
     warmup = t.warmup_steps if t.warmup_steps is not None else int(t.warmup_ratio * total_steps)
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)
         progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        if t.schedule == "linear":
+        if schedule == "linear":
             return max(0.0, 1.0 - progress)
-        if t.schedule == "cosine":
+        if schedule == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * progress))
-        if t.schedule == "step":
+        if schedule == "step":
             return t.gamma ** ((step - warmup) // t.step_size)
         return 1.0
 
     return factor
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, total_steps: int) -> LambdaLR:
+def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, total_steps: int,
+                   schedule: str | None = None) -> LambdaLR:
     """The schedule as a torch LambdaLR, whose state_dict (step count) is all a resume needs."""
-    return LambdaLR(optimizer, lr_lambda(recipe, total_steps))
+    return LambdaLR(optimizer, lr_lambda(recipe, total_steps, schedule))
