@@ -3,15 +3,22 @@ rows, label checks that name the row's problem, and the stratification key for s
 
 from __future__ import annotations
 
+import base64
+import io
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from tunelab.data.labels import label_name
 from tunelab.data.prepare import label_names
 from tunelab.data.sources import Row
 from tunelab.evaluate.metrics import classification_metrics
+
+EXAMPLES = 6  # shown per evaluation: the split's first examples, and as many of its most confident mistakes
+THUMBNAIL = 96  # pixels, the longer side of an image example's thumbnail
 
 
 class Labelled:
@@ -51,8 +58,40 @@ class Labelled:
         labels = torch.tensor([f["label"] for f in features])
         metrics = classification_metrics(logits.argmax(-1).tolist(), labels.tolist(), self.label_names)
         metrics["loss"] = F.cross_entropy(logits, labels).item()
+        metrics["examples"] = self.example_predictions(features, logits.softmax(-1))
         return metrics
+
+    def example_predictions(self, features: list[dict[str, Any]], probs: torch.Tensor) -> list[dict[str, Any]]:
+        """A few predictions a person can check: the split's first examples (in its seeded order) and its most
+        confident mistakes, each with the input as shown to a reader, the gold and predicted label and the
+        probability given to each."""
+        predicted = probs.argmax(-1).tolist()
+        first = list(range(min(EXAMPLES, len(features))))
+        wrong = [i for i in range(len(features)) if predicted[i] != features[i]["label"] and i not in first]
+        wrong = sorted(wrong, key=lambda i: -float(probs[i, predicted[i]]))[:EXAMPLES]
+        return [{"index": i, "kind": "first" if i in first else "confident mistake", "input": self.show_input(features[i]),
+                 "gold": self.label_names[features[i]["label"]], "predicted": self.label_names[predicted[i]],
+                 "probability": round(float(probs[i, predicted[i]]), 4),
+                 "gold_probability": round(float(probs[i, features[i]["label"]]), 4)} for i in first + wrong]
+
+    def show_input(self, feature: dict[str, Any]) -> str | None:
+        """The input as a reader sees it: the text its tokens decode to, or the image as a small JPEG data URI."""
+        if "input_ids" in feature and getattr(self, "tokenizer", None) is not None:
+            return self.tokenizer.decode(feature["input_ids"], skip_special_tokens=True)
+        if "pixels" in feature:
+            return thumbnail_uri(feature["pixels"])
+        return None
 
     def label_id(self, values: dict[str, Any]) -> int:
         """The id of a checked row's label."""
         return self.label_ids[label_name(values[self.label_col])]
+
+
+def thumbnail_uri(pixels: np.ndarray) -> str:
+    """An image's pixels as a JPEG thumbnail (at most THUMBNAIL pixels a side) in a data URI, for offline pages;
+    JPEG keeps a photo's thumbnail near 3 KB where PNG takes 20, and summary.json carries a few dozen."""
+    image = Image.fromarray(np.asarray(pixels, dtype=np.uint8)).convert("RGB")
+    image.thumbnail((THUMBNAIL, THUMBNAIL))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
