@@ -220,7 +220,8 @@ class Trainer:
         t, name = self.recipe.train, self.recipe.eval.metric
         self.strategy.set_train_mode(self.model)
         self._build_cache()
-        progress = Progress(self.total, self.state.step, enabled=self.acc.is_main_process)
+        progress = Progress(self.total, self.state.step, enabled=self.acc.is_main_process,
+                            path=self.run_dir / "progress.json")
         with progress, self._ctrl_c_finishes_step():
             while self.state.step < self.total and not (self.state.stopped_early or self.state.out_of_time):
                 batches = epoch_batches(self.lengths, t.batch_size, self.recipe.train_seed, self.state.epoch, t.group_by_length)
