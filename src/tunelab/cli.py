@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from tunelab import cli_compare, cli_generate, cli_serve, cli_vae  # noqa: F401  (they register compare, generate, chat, serve, score and sample on app)
+from tunelab import cli_compare, cli_generate, cli_serve, cli_ui, cli_vae  # noqa: F401  (they register compare, generate, chat, serve, ui, score and sample on app)
 from tunelab.cli_common import Overrides, _run, app, console, read_inputs
 from tunelab.runfolder import check_name
 

@@ -53,13 +53,13 @@ def uvicorn_server(app: FastAPI, access_log: bool) -> uvicorn.Server:
     return uvicorn.Server(config)
 
 
-def serve(app: FastAPI, sock: socket.socket) -> None:
+def serve(app: FastAPI, sock: socket.socket, access_log: bool = True) -> None:
     """Serve in the foreground until Ctrl-C or SIGTERM, then stop gracefully: requests in flight are answered,
     then the model thread ends. (uvicorn runs in a thread, so the signals stay ours: no re-raised Ctrl-C.)"""
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        with ServerThread(app, sock=sock, access_log=True) as running:
+        with ServerThread(app, sock=sock, access_log=access_log) as running:
             try:
                 while running.thread.is_alive() and not stop.wait(0.5):
                     pass
