@@ -386,3 +386,19 @@ def test_a_full_disk_is_a_clear_error_and_spares_earlier_checkpoints(tmp_path: P
         signal.signal(signal.SIGXFSZ, previous)
     assert sorted(p.name for p in root.iterdir()) == ["step-0000001"]
     ckpt.verify(root / "step-0000001")
+
+
+def test_a_sampled_held_out_split_is_reported_beside_its_full_size(tmp_path: Path, tiny_bert_dir: Path,
+                                                                     toy_csv: Path) -> None:
+    """eval.max_examples used to keep the first rows and say nothing: summary.json and report.md give the evaluated
+    size beside the split's full size, and the evaluated figures are on that many rows."""
+    recipe = make_recipe(tmp_path, tiny_bert_dir, toy_csv, eval={"max_examples": 10}, train={"max_steps": 2})
+    run = api.train(recipe, name="sampled")
+    summary = json.loads((run / "summary.json").read_text())
+    report = (run / "report.md").read_text()
+    for split in ("validation", "test"):  # 160 rows, 20% each: 32 held-out rows per split, 10 evaluated
+        reason = (f"{split}: left out by eval.max_examples=10 (a seeded sample stratified by label; 10 of the "
+                  f"split's 32 rows evaluated)")
+        assert summary["data"]["skipped"][reason] == 22 and summary["data"]["rows"][split] == 10
+        assert summary["after"][split]["n"] == 10
+        assert reason in report
