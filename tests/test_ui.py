@@ -125,6 +125,10 @@ def test_start_watch_stop_resume_finish_and_open_the_report(ui: tuple[str, Path]
     log = (folder / "train.log").read_text()  # the log moved into the run folder; both processes wrote to it
     assert "--name tiny-ui" in log and f"train {folder} --resume" in log
 
+    page.click("#again")  # a new run from this run's saved config
+    expect(page.locator("#preview")).to_contain_text(f"tunelab train {folder / 'recipe.yaml'} --set output.dir={out}")
+    expect(page.locator('.field[data-path="train.max_seconds"] input')).to_have_value("6.0")
+
     page.goto(f"{url}/#/runs")
     row = page.locator('tr[data-run="tiny-ui"]')
     expect(row).to_contain_text("finished")
@@ -137,6 +141,32 @@ def test_start_watch_stop_resume_finish_and_open_the_report(ui: tuple[str, Path]
     shot(page, "report.png")
     outside = [u for u in requested if not u.startswith(url) and not u.startswith("data:")]
     assert not outside, f"the page fetched from outside: {outside}"
+
+
+def test_a_comparison_fills_its_table(ui: tuple[str, Path], page: object, tiny_bert_dir: Path, toy_csv: Path,
+                                      tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    url, out = ui
+    recipe = make_recipe(tmp_path, tiny_bert_dir, toy_csv)
+    page.goto(f"{url}/#/compare")
+    page.fill("#compare-recipe", str(recipe))
+    page.fill("#compare-budget", "lots")
+    page.click("#compare-start")
+    expect(page.locator('.field[data-path="budget"] .err')).to_contain_text("expected a step count")
+    page.fill("#compare-budget", "2")
+    page.fill("#compare-name", "cmp-ui")
+    page.click("#compare-start")  # 'full' is ticked by default
+    expect(page).to_have_url(re.compile(r"#/compare/cmp-ui$"))
+    row = page.locator('#compare-table tr[data-variant="full"]')
+    expect(row).to_contain_text("waiting")  # the planned row is there before its run folder
+    expect(row).to_contain_text("finished", timeout=LONG)
+    expect(page.locator("h1 .badge")).to_have_text("finished", timeout=LONG)
+    expect(row.locator("td").last).to_have_text("1")  # its rank, once results.json is written
+    expect(page.locator("#compare-report")).to_be_visible()
+    shot(page, "compare.png")
+    results = json.loads((out / "compare" / "cmp-ui" / "results.json").read_text())
+    assert [r["status"] for r in results["runs"]] == ["done"]
 
 
 def test_the_form_shows_errors_at_the_field_and_previews_the_command(ui: tuple[str, Path], page: object,

@@ -21,6 +21,7 @@ from tunelab.ui.folder import clean, headline, last_error, read_json, tail
 from tunelab.ui.jobs import Jobs
 
 FOLDER = "compare"  # comparisons go under <output>/compare/, so the file route can serve their reports
+COMPARE_LOG = "ui.log"  # the compare process's output, once its folder exists
 
 
 def presets() -> list[dict[str, Any]]:
@@ -89,7 +90,7 @@ def view(jobs: Jobs, root: Path, name: str) -> dict[str, Any] | None:
     if record is None and not (folder / COMPARE_MARKER).is_file():
         return None
     alive = record is not None and jobs.alive(key)
-    log = jobs.adopt_log(key, folder, "ui.log", COMPARE_MARKER)
+    log = jobs.adopt_log(key, folder, COMPARE_LOG, COMPARE_MARKER)
     results = read_json(folder / "results.json")
     ranks = {v.get("variant"): v.get("rank") for v in (results or {}).get("variants", [])}
     planned = [(v, s) for s in (record or {}).get("seeds", []) for v in (record or {}).get("strategies", [])]

@@ -66,7 +66,8 @@ def _walk(node: dict[str, Any], defs: dict[str, Any], prefix: str, when: dict | 
                 _walk(_resolve({"$ref": ref}, defs), defs, f"{path}.", {f"{path}.{tag}": tags}, out)
             continue
         options = [_resolve(o, defs) for o in prop.get("anyOf", [])]
-        section = next((o for o in [_resolve(prop, defs), *options] if o.get("type") == "object" and "properties" in o), None)
+        nested = [o for o in [_resolve(prop, defs), *options] if o.get("type") == "object" and "properties" in o]
+        section = nested[0] if nested else None
         if section is not None:  # a nested section (model, data.split, task.head, train.early_stopping)
             _walk(section, defs, f"{path}.", when, out)
         else:
@@ -83,13 +84,14 @@ def _leaf(path: str, prop: dict[str, Any], when: dict | None) -> dict[str, Any]:
     limits = [f"{sign} {o[k]}" for o in options for k, sign in
               (("exclusiveMinimum", ">"), ("minimum", "≥"), ("exclusiveMaximum", "<"), ("maximum", "≤")) if k in o]
     default = prop.get("default")
-    help_parts = [prop.get("description", ""), ", ".join(limits),
-                  "YAML, e.g. [a, b] or {key: value}" if kind == "yaml" else "", "may be empty (none)" if nullable else ""]
+    help_parts = [prop.get("description", ""), ", ".join(limits), "YAML, e.g. [a, b] or {key: value}" if kind == "yaml"
+                  else "", "may be empty (none)" if nullable else ""]
     section = path.split(".")[0] if "." in path else "run"
     return {"path": path, "kind": kind, "choices": [str(e) for e in enum] if enum else None,
             "default": "" if default is None and "default" not in prop else as_text(default),
             "help": " · ".join(p for p in help_parts if p), "when": when,
-            "advanced": path not in ESSENTIAL and not path.startswith("strategy."),  # a chosen method's own keys stay open
+            # a chosen method's own keys stay open: picking a method is asking for its options
+            "advanced": path not in ESSENTIAL and not path.startswith("strategy."),
             "section": section, "is_string": types == {"string"} and not enum}
 
 

@@ -12,9 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tunelab.compare.runner import COMPARE_MARKER
 from tunelab.errors import TunelabError
 from tunelab.runfolder import check_name
 from tunelab.ui import form
+from tunelab.ui.comparisons import COMPARE_LOG, FOLDER
 from tunelab.ui.folder import (RUN_LOG, checkpoints, clean, headline, last_error, metrics, read_json, recipe_facts,
                                run_folders, tail)
 from tunelab.ui.jobs import STATE, Jobs
@@ -54,9 +56,12 @@ class Workbench:
 
     def tick(self) -> None:
         self.jobs.reap()
-        for key in list(self.jobs.children):  # logs move into run folders as soon as these exist
+        for key in list(self.jobs.children):  # logs move into their folders as soon as these exist
             if key.startswith("train-"):
                 self.jobs.adopt_log(key, self.root / key.removeprefix("train-"), RUN_LOG, "recipe.yaml")
+            else:
+                folder = self.root / FOLDER / key.removeprefix("compare-")
+                self.jobs.adopt_log(key, folder, COMPARE_LOG, COMPARE_MARKER)
         if self.queue.items() and not self.jobs.any_alive():
             item = self.queue.pop()
             if item:
@@ -121,7 +126,8 @@ class Workbench:
                 plan["queued"] = self.queue.add(plan["name"], plan["argv"], plan["command"])
             else:
                 key = f"train-{plan['name']}"
-                self.jobs.start(key, plan["argv"], self.jobs.staging_log(key), name=plan["name"], command=plan["command"])
+                self.jobs.start(key, plan["argv"], self.jobs.staging_log(key), name=plan["name"],
+                                command=plan["command"])
         return plan
 
     def stop(self, name: str) -> bool:
