@@ -104,6 +104,8 @@ def test_start_watch_stop_resume_finish_and_open_the_report(ui: tuple[str, Path]
 
     page.wait_for_function("Number(document.querySelector('#progress-text').dataset.step) > 0", timeout=LONG)
     expect(status).to_have_text("running")
+    restarted = Workbench(out)  # another app over the same folder (as after a restart) finds the run by its record
+    assert restarted.run("tiny-ui")["status"] == "running" and restarted.run("tiny-ui")["can_stop"]
     shot(page, "run-progress.png")
     page.click("#stop")
     expect(status).to_have_text("stopped", timeout=LONG)

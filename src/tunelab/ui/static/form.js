@@ -43,16 +43,21 @@ async function renderNewRun(startFrom = "") {
     for (const [f, input] of inputs) if (visible(f)) out[f.path] = input.value;
     return out;
   }
-  let loaded = null;
+  // `loaded` is the base the inputs show: checks and starts send it, never a path still being typed or fetched,
+  // so the values and their base always belong together.
+  let loaded = "", wanted = null;
   async function loadBase() {
-    if (base() === loaded) return;  // a change event without a new file (focus moving on) keeps the user's edits
-    loaded = base();
+    const path = base();
+    if (path === wanted) return;  // a change event without a new file (focus moving on) keeps the user's edits
+    wanted = path;
     let texts = {};
-    if (base()) {
-      try { texts = (await api("GET", `/api/recipe?path=${encodeURIComponent(base())}`)).texts; }
-      catch (e) { loaded = null; showErrors({ _base: e.message }); return; }
+    if (path) {
+      try { texts = (await api("GET", `/api/recipe?path=${encodeURIComponent(path)}`)).texts; }
+      catch (e) { wanted = null; showErrors({ _base: e.message }); return; }
     }
+    if (path !== wanted) return;  // another file was chosen meanwhile
     for (const [f, input] of inputs) input.value = texts[f.path] ?? (isTag(f) ? f.default : "");
+    loaded = path;
     refreshVisibility();
     check();
   }
@@ -83,14 +88,14 @@ async function renderNewRun(startFrom = "") {
     clearTimeout(pending);
     pending = setTimeout(async () => {
       const mine = ++sequence;
-      const plan = await api("POST", "/api/check", { base: base(), values: values(), name: runName.value });
+      const plan = await api("POST", "/api/check", { base: loaded, values: values(), name: runName.value });
       if (mine !== sequence) return;  // a newer check is on its way
       preview.textContent = plan.command;
       showErrors(plan.errors);
     }, 150);
   }
   async function submit(toQueue) {
-    const plan = await api("POST", "/api/runs", { base: base(), values: values(), name: runName.value, queue: toQueue });
+    const plan = await api("POST", "/api/runs", { base: loaded, values: values(), name: runName.value, queue: toQueue });
     preview.textContent = plan.command;
     showErrors(plan.errors);
     if (!plan.ok) return;
