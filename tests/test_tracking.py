@@ -12,9 +12,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from tensorboardX.proto import event_pb2
 
-from tests.conftest import make_recipe
+from tests.conftest import interrupt_after, make_recipe
 from tunelab import api
-from tunelab.errors import RecipeError
+from tunelab.errors import RecipeError, RunError
 from tunelab.recipe import load_recipe
 from tunelab.tracking import _flat
 
@@ -118,3 +118,21 @@ def test_each_run_in_one_process_logs_to_its_own_store_unless_the_user_names_one
     third = api.train(recipe, name="third")
     assert os.environ["MLFLOW_TRACKING_URI"] == shared and not (third / "mlruns").exists()
     assert [r.info.run_name for r in mlflow_runs(shared)] == ["third"]
+
+
+def test_a_resumed_run_continues_its_mlflow_run(tmp_path: Path, tiny_bert_dir: Path, toy_csv: Path,
+                                                clean_mlflow_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = make_recipe(tmp_path, tiny_bert_dir, toy_csv, train={"max_steps": 6, "eval_every": 3, "log_every": 1},
+                         output={"trackers": ["mlflow"]})
+    plain_steps = interrupt_after(monkeypatch, 3)  # Ctrl-C in step 4: checkpointed there, so no step is redone
+    with pytest.raises(RunError, match="interrupted at step 4"):
+        api.train(recipe, name="cut")
+    plain_steps()
+    run = api.train(tmp_path / "runs" / "cut", resume=True)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = (run / "mlruns").as_uri()
+    (found,) = mlflow_runs(uri)  # one MLflow run, not one per process
+    assert found.info.status == "FINISHED"
+    train = [(r["step"], r["train_loss"]) for r in metrics_records(run) if "train_loss" in r]
+    assert [step for step, _ in train] == list(range(1, 7))
+    assert history(uri, found.info.run_id, "train/loss") == train

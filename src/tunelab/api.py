@@ -143,7 +143,7 @@ def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bo
     before_weights = snapshot(model, fixed)  # frozen weights as digests: a copy would double the memory
     before = _eval_splits(task, model, data, recipe) if recipe.eval.before else {}
 
-    trackers = (start_trackers(recipe.output.trackers, run_dir, run_dir.name, recipe.model_dump(mode="json"))
+    trackers = (start_trackers(recipe.output.trackers, run_dir, run_dir.name, recipe.model_dump(mode="json"), resume)
                 if acc.is_main_process else [])
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=acc.is_main_process, trackers=trackers)
     try:

@@ -36,8 +36,10 @@ def require_trackers(names: list[str]) -> None:
                               f"{install}, or remove '{name}' from output.trackers")
 
 
-def start_trackers(names: list[str], run_dir: Path, run_name: str, config: dict[str, Any]) -> list[GeneralTracker]:
-    """Start the named trackers for a run and record its resolved recipe with each."""
+def start_trackers(names: list[str], run_dir: Path, run_name: str, config: dict[str, Any],
+                   resume: bool = False) -> list[GeneralTracker]:
+    """Start the named trackers for a run and record its resolved recipe with each; a resumed run continues its
+    MLflow run rather than starting a second one."""
     require_trackers(names)
     trackers: list[GeneralTracker] = []
     try:
@@ -45,7 +47,8 @@ def start_trackers(names: list[str], run_dir: Path, run_name: str, config: dict[
             if name == "tensorboard":
                 tracker = LOGGER_TYPE_TO_CLASS[name](run_name, logging_dir=run_dir / "tensorboard")
             elif name == "mlflow":
-                tracker = RunMLflowTracker(run_dir, experiment_name=str(config.get("name") or run_name), run_name=run_name)
+                tracker = RunMLflowTracker(run_dir, experiment_name=str(config.get("name") or run_name), run_name=run_name,
+                                           resume=resume)
             else:
                 tracker = LOGGER_TYPE_TO_CLASS[name](run_name)
             if hasattr(tracker, "start"):
@@ -61,14 +64,17 @@ def start_trackers(names: list[str], run_dir: Path, run_name: str, config: dict[
 
 class RunMLflowTracker(MLflowTracker):
     """Accelerate's MLflow tracker for one run: logs to MLFLOW_TRACKING_URI when the user set it, else to a file store
-    in the run folder (``RUN/mlruns``), and leaves MLflow's process-wide URI as it found it once the run finishes."""
+    in the run folder (``RUN/mlruns``), and leaves MLflow's process-wide URI as it found it once the run finishes.
+    Each MLflow run is tagged with its run folder, so that a resumed run (``resume``) finds and continues it."""
 
     _SCOPED = ("MLFLOW_TRACKING_URI", "MLFLOW_ALLOW_FILE_STORE")
+    FOLDER_TAG = "tunelab.run_dir"
 
-    def __init__(self, run_dir: Path, experiment_name: str, run_name: str) -> None:
+    def __init__(self, run_dir: Path, experiment_name: str, run_name: str, resume: bool = False) -> None:
         super().__init__(experiment_name=experiment_name, run_name=run_name)
         self.uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_dir / "mlruns").resolve().as_uri()
         self.own_store = not os.environ.get("MLFLOW_TRACKING_URI")
+        self.folder, self.resume = str(run_dir.resolve()), resume
         self._saved: dict[str, str | None] | None = None
 
     def start(self) -> None:
@@ -79,10 +85,24 @@ class RunMLflowTracker(MLflowTracker):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         mlflow.set_tracking_uri(self.uri)
         try:
+            if self.resume and self.run_id is None:
+                self.run_id = self._earlier_run()
             super().start()
+            mlflow.set_tag(self.FOLDER_TAG, self.folder)
         except BaseException:
             self._restore()
             raise
+
+    def _earlier_run(self) -> str | None:
+        """The MLflow run this run folder logged to before it was interrupted, if the store holds one."""
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(self.uri)
+        experiment = client.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            return None
+        runs = client.search_runs([experiment.experiment_id], f"attributes.run_name = '{self.run_name}'")
+        return next((run.info.run_id for run in runs if run.data.tags.get(self.FOLDER_TAG) == self.folder), None)
 
     def finish(self) -> None:
         try:
