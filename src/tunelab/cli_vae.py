@@ -1,5 +1,5 @@
-"""The ``tunelab score`` and ``tunelab sample`` commands of VAE runs: anomaly scores and flags for a data file,
-and synthetic rows or images with their quality checks."""
+"""The ``tunelab score`` command of VAE runs (anomaly scores and flags for a data file) and ``tunelab sample`` of
+generative runs, VAE or GAN (synthetic rows or images with their quality checks)."""
 
 from __future__ import annotations
 
@@ -17,17 +17,21 @@ from tunelab.run import Run
 from tunelab.tasks import synthetic
 
 
-def _vae_run(folder: Path) -> Run:
-    """The run, refused with a clear message unless it trained a VAE."""
+GENERATIVE = ("vae", "gan")  # task types that draw samples
+
+
+def _generative_run(folder: Path, types: tuple[str, ...], command: str) -> Run:
+    """The run, refused with a clear message unless its task type is one of ``types``."""
     run = Run(folder)
-    if run.recipe.task.type != "vae":
-        raise RunError(f"{folder}: a {run.recipe.task.type} run; score and sample need a run of task.type vae")
+    if run.recipe.task.type not in types:
+        raise RunError(f"{folder}: a {run.recipe.task.type} run; {command} needs a run of task.type "
+                       f"{' or '.join(types)}")
     return run
 
 
 def score_file(folder: Path, data: Path, out: Path) -> tuple[int, int, float]:
     """Score every row of a data file with a VAE run and write the scores CSV; returns (rows, flagged, threshold)."""
-    run = _vae_run(folder)
+    run = _generative_run(folder, ("vae",), "score")
     results = run.task.score_rows(run.model, read_file(data), run.recipe.eval.batch_size)
     out.parent.mkdir(parents=True, exist_ok=True)
     fields = ["row", "score", "flag", "elbo", "reconstruction", "kl"]
@@ -39,8 +43,8 @@ def score_file(folder: Path, data: Path, out: Path) -> tuple[int, int, float]:
 
 
 def sample_run(folder: Path, n: int, out: Path, seed: int) -> dict[str, Any]:
-    """Draw samples from a VAE run; the run's data is read again for the distances to real rows."""
-    run = _vae_run(folder)
+    """Draw samples from a VAE or GAN run; the run's data is read again for the distances to real rows."""
+    run = _generative_run(folder, GENERATIVE, "sample")
     task = run.task
     splits, _ = prepare_rows(run.recipe.data, task, run.recipe.seed, run.recipe.eval.max_examples)
     return synthetic.synthesize(task, splits, n, out, seed)
@@ -64,16 +68,18 @@ def score(
 
 @app.command()
 def sample(
-    run: Annotated[Path, typer.Argument(help="A VAE run folder (table or image input).")],
+    run: Annotated[Path, typer.Argument(help="A VAE or GAN run folder (table or image input).")],
     n: Annotated[int, typer.Option("--n", help="How many samples.")] = 1000,
     out: Annotated[Path, typer.Option(
-        help="CSV file (tables) or folder of PNGs (images) to write.")] = Path("synthetic.csv"),
+        help="CSV file (tables) or folder of PNGs (images) to write; a conditional GAN adds a label column, or "
+             "one subfolder per class.")] = Path("synthetic.csv"),
     seed: Annotated[int, typer.Option(help="Seed of the latent draws.")] = 0,
 ) -> None:
-    """Synthetic rows (CSV) or images (PNG folder) from a VAE, with per-column distribution distances (tables)
-    and the nearest-real-row distance that catches memorised training rows.
+    """Synthetic rows (CSV) or images (PNG folder) from a VAE or GAN, with per-column distribution distances
+    (tables) and the nearest-real-row distance that catches memorised training rows.
 
-    Example: tunelab sample runs/vae-breast-cancer --n 1000 --out synth.csv
+    Examples: tunelab sample runs/vae-breast-cancer --n 1000 --out synth.csv;
+    tunelab sample runs/gan-digits --n 500 --out digits/
     """
     report = _run(sample_run, run, n, out, seed)
     near = report["nearest_real"]

@@ -93,19 +93,29 @@ class ImageClassificationConfig(_TaskOptions):
     drop_rate: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout before the classifier.")
 
 
-class VAEConfig(_TaskOptions):
+class _VectorOptions(_TaskOptions):
+    """What a generative task reads: one vector of numbers per row (see tasks/vectors.py)."""
+
+    column_roles: ClassVar[list[str]] = ["text", "image", "label"]
+    input: Literal["table", "image", "text"] = Field("table", description="What a row holds: numeric columns "
+                                                     "(table), an image (image), or text encoded by model.name (text).")
+    columns: list[str] | None = Field(None, description="Table input: the numeric columns to model (default: every "
+                                      "column of the training rows except the label).")
+    image_size: int = Field(28, gt=0, description="Image input: side in pixels that images are resized to.")
+    grayscale: bool = Field(True, description="Image input: one grey channel (false: RGB).")
+    max_length: int = Field(128, gt=0, description="Text input: longest text in encoder tokens.")
+    truncation: bool = Field(False, description="Text input: truncate over-long texts (counted); if false they are "
+                             "an error.")
+
+
+class VAEConfig(_VectorOptions):
     """A variational autoencoder that learns what normal rows look like: anomaly scores, synthetic rows and images.
 
     Its input is a numeric table (model.name: none), small images (model.name: none) or the mean-pooled features of
     a pretrained text encoder (model.name: minilm-l6). Every parameter trains from scratch (strategy full).
     """
 
-    column_roles: ClassVar[list[str]] = ["text", "image", "label"]
     type: Literal["vae"]
-    input: Literal["table", "image", "text"] = Field("table", description="What a row holds: numeric columns "
-                                                     "(table), an image (image), or text encoded by model.name (text).")
-    columns: list[str] | None = Field(None, description="Table input: the numeric columns to model (default: every "
-                                      "column of the training rows except the label).")
     normal: list[str] | None = Field(None, description="Label values of normal rows; the others are anomalies. Set "
                                      "it to score anomaly detection (ROC-AUC, PR-AUC, F1) on validation and test; "
                                      "training rows must all be normal.")
@@ -127,20 +137,59 @@ class VAEConfig(_TaskOptions):
                                       "threshold of best validation F1).")
     eval_samples: int = Field(8, gt=0, description="Latent samples per example when evaluating and scoring (a "
                               "fixed seed, so scores repeat).")
-    image_size: int = Field(28, gt=0, description="Image input: side in pixels that images are resized to.")
-    grayscale: bool = Field(True, description="Image input: one grey channel (false: RGB).")
-    max_length: int = Field(128, gt=0, description="Text input: longest text in encoder tokens.")
-    truncation: bool = Field(False, description="Text input: truncate over-long texts (counted); if false they are "
-                             "an error.")
+
+
+class NetworkOptimizer(BaseModel):
+    """AdamW for one of a GAN's two networks."""
+
+    model_config = ConfigDict(extra="forbid")
+    lr: float | None = Field(None, gt=0, description="Peak learning rate (default: train.lr).")
+    betas: tuple[float, float] = Field((0.5, 0.999), description="AdamW betas; beta1 0.5 as in DCGAN (Radford et "
+                                       "al. 2016): a momentum of 0.9 oscillates against a moving opponent.")
+    weight_decay: float = Field(0.0, ge=0.0)
+    schedule: Literal["linear", "cosine", "step", "constant"] | None = Field(
+        None, description="Its schedule (default: train.schedule, with train's warm-up).")
+
+
+class GANConfig(_VectorOptions):
+    """A generative adversarial network: a generator against a discriminator, each with its own optimiser, for
+    synthetic rows and images. Judged by what the data is for (train-on-synthetic-test-on-real, a detection score,
+    nearest real rows), not by its losses. Every parameter trains from scratch (strategy full)."""
+
+    default_metric: ClassVar[tuple[str, Literal["max", "min"]]] = ("detection", "min")
+    evaluate_each_epoch: ClassVar[bool] = False  # epochs of a small table are a few dozen steps, and judging samples
+    # (random forests) costs seconds: a GAN evaluates every train.eval_every steps and at the end
+    type: Literal["gan"]
+    noise: int = Field(32, gt=0, description="Size of the generator's noise input z.")
+    architecture: Literal["mlp", "conv"] = Field("mlp", description="mlp for every input; conv (a DCGAN-style pair "
+                                                 "of strided convolutions) for images whose side divides by 4.")
+    generator_hidden: list[int] = Field(default_factory=lambda: [128, 128], description="Hidden layer sizes of "
+                                        "the generator (mlp), or [channels] of its first feature map (conv).")
+    discriminator_hidden: list[int] = Field(default_factory=lambda: [128, 128], description="Hidden layer sizes of "
+                                            "the discriminator (mlp), or [channels] of its last feature map (conv).")
+    conditional: bool = Field(False, description="Condition both networks on the row's label (data.columns.label): "
+                              "samples come with a class, so a classifier can be trained on them (TSTR).")
+    loss: Literal["non_saturating", "hinge"] = Field("non_saturating", description="non_saturating: the "
+                                                     "discriminator's cross-entropy, the generator maximising log "
+                                                     "D(G(z)); hinge: the margin loss of SN-GAN/BigGAN.")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="One-sided: the discriminator's target for "
+                                   "real rows is 1 - this (non_saturating only; Salimans et al. 2016).")
+    d_steps: int = Field(1, ge=1, description="Discriminator updates per generator update (n_critic): the "
+                         "discriminator updates on every batch, the generator on every d_steps-th.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout in the discriminator's hidden layers.")
+    generator: NetworkOptimizer = Field(default_factory=NetworkOptimizer)
+    discriminator: NetworkOptimizer = Field(default_factory=NetworkOptimizer)
+    eval_samples: int | None = Field(None, gt=0, description="Synthetic rows drawn per evaluation (default: as "
+                                     "many as the split evaluated, with its labels when conditional).")
 
 
 TASK_CONFIGS: dict[str, type[_TaskOptions]] = {
     "classification": ClassificationConfig, "causal_lm": CausalLMConfig, "seq2seq": Seq2SeqConfig,
-    "image_classification": ImageClassificationConfig, "vae": VAEConfig,
+    "image_classification": ImageClassificationConfig, "vae": VAEConfig, "gan": GANConfig,
 }
 
 TaskConfig = Annotated[
-    Union[ClassificationConfig, CausalLMConfig, Seq2SeqConfig, ImageClassificationConfig, VAEConfig],
+    Union[ClassificationConfig, CausalLMConfig, Seq2SeqConfig, ImageClassificationConfig, VAEConfig, GANConfig],
     Field(discriminator="type"),
 ]
 

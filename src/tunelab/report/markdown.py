@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import tunelab.report.sections as s
+from tunelab.report.synthetic import synthetic_lines
 
 
 def md_table(headers: list[str], rows: list[list[str]] | list[tuple[str, ...]]) -> list[str]:
@@ -27,6 +28,9 @@ def markdown(summary: dict[str, Any], plots: dict[str, str], curve_note: str) ->
     if detectors:
         lines += [f"## Anomaly detection ({split}; thresholds chosen on validation)", "",
                   *md_table(list(s.DETECTOR_COLUMNS), detectors), f"Verdict: {verdict}.", ""]
+    split, quality = synthetic_lines(summary)
+    if quality:
+        lines += [f"## Synthetic data ({split})", "", *[f"- {line}" for line in quality], ""]
     if "loss" in plots:
         lines += ["## Curves", "", f"![loss curves]({plots['loss']})", "", curve_note, ""]
     split = s.classifier_split(summary)

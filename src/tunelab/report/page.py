@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import tunelab.report.sections as s
+from tunelab.report.synthetic import synthetic_lines
 
 STYLE = """
 :root{--ink:#1d2330;--muted:#5b6474;--line:#dde2ea;--card:#fff;--bg:#f4f6f9;--good:#1a7f37;--bad:#c0392b;--accent:#3d5afe}
@@ -155,6 +156,13 @@ def detectors_section(summary: dict[str, Any]) -> str:
                    body + f"<p>Verdict: {esc(verdict)}.</p>")
 
 
+def synthetic_section(summary: dict[str, Any]) -> str:
+    split, lines = synthetic_lines(summary)
+    if not lines:
+        return ""
+    return section("synthetic", f"Synthetic data ({split})", "<ul>" + "".join(f"<li>{esc(x)}</li>" for x in lines) + "</ul>")
+
+
 def figures_section(figures: dict[str, Path]) -> str:
     """The figures the task drew (a GAN's sample grid, ...), embedded."""
     if not figures:
@@ -193,14 +201,14 @@ def html_page(summary: dict[str, Any], plots: dict[str, Path], curve_note: str,
                                              f"<p class=note>{esc(curve_note)}</p>") if "loss" in plots else "",
         classes_section(summary, plots), examples_section(summary), generations_section(summary),
         figures_section(figures or {}),
-        detectors_section(summary), drift_section(summary, plots),
+        detectors_section(summary), synthetic_section(summary), drift_section(summary, plots),
         section("data", "Data", "<p class=note>Every row read is kept in a split or counted here by reason.</p>"
                 + table(["rows", "count"], s.data_rows(summary), "data-counts", {1})) if s.data_rows(summary) else "",
         section("cost", "Cost", table(["", "value"], s.cost_rows(summary), "cost", {1})) if s.cost_rows(summary) else "",
     ]
     body = "".join(parts)
     titles = {"results": "results", "curves": "curves", "classes": "per class", "examples": "predictions",
-              "generations": "generations", "figures": "figures", "anomaly": "anomaly", "drift": "weight drift", "data": "data", "cost": "cost"}
+              "generations": "generations", "figures": "figures", "anomaly": "anomaly", "synthetic": "synthetic data", "drift": "weight drift", "data": "data", "cost": "cost"}
     nav = "".join(f'<a href="#{ident}">{title}</a>' for ident, title in titles.items() if f'<section id="{ident}">' in body)
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
             f'content="width=device-width, initial-scale=1"><title>{esc(name)} · tunelab report</title>'

@@ -10,7 +10,8 @@ from typing import Any
 from tunelab.evaluate.memory import format_bytes
 
 SHOWN = ("accuracy", "macro_f1", "loss", "perplexity", "bleu", "chrf", "rougeL", "exact_match",
-         "elbo", "reconstruction", "kl", "anomaly_elbo", "roc_auc", "pr_auc", "f1")
+         "elbo", "reconstruction", "kl", "anomaly_elbo", "roc_auc", "pr_auc", "f1",
+         "detection", "tstr_accuracy", "real_accuracy", "nearer_train_share", "exact_copies", "wasserstein_mean")
 DETECTOR_COLUMNS = ("detector", "roc_auc", "pr_auc", "f1", "precision", "recall", "threshold")
 CONFUSION_TABLE_MAX = 15  # classes: a larger confusion matrix is shown as a plot only
 

@@ -23,6 +23,7 @@ TASKS: dict[str, str] = {
     "seq2seq": "tunelab.tasks.seq2seq:Seq2SeqTask",
     "image_classification": "tunelab.tasks.image_classification:ImageClassificationTask",
     "vae": "tunelab.tasks.vae:VAETask",
+    "gan": "tunelab.tasks.gan:GANTask",
 }
 
 # The task a bare model name is inspected as, by the catalog's kind of model.

@@ -25,28 +25,17 @@ from tunelab.data.labels import label_name
 from tunelab.data.sources import Row
 from tunelab.errors import DataError, RecipeError, RunError
 from tunelab.io import publish_dir, write_json
-from tunelab.tasks import anomaly
+from tunelab.tasks import anomaly, synthetic
 from tunelab.tasks.base import Feature, Prepared
-from tunelab.tasks.vae_inputs import (TextEncoder, cell_problem, image_vector, table_columns, table_vector,
-                                      vector_id)
+from tunelab.tasks.vae_inputs import TextEncoder
 from tunelab.tasks.vae_model import VAE
-
-RAW = "none"  # model.name of a VAE that reads the numbers themselves (no pretrained encoder)
+from tunelab.tasks.vectors import VectorInputs, check_inputs
 
 
 def check_recipe(recipe: Any) -> str:
     """Refuse what a VAE cannot run before any work; returns the likelihood ('mse', 'gaussian' or 'bce') it will use."""
     cfg = recipe.task
-    if recipe.strategy.method != "full":
-        raise RecipeError(f"strategy {recipe.strategy.method} freezes or adapts pretrained weights, and a VAE has "
-                          "none: it trains from scratch, every parameter. Use strategy: {method: full}")
-    if cfg.input == "text" and recipe.model.name == RAW:
-        raise RecipeError("task.input text needs a text encoder in model.name (e.g. minilm-l6), whose features the "
-                          "VAE models")
-    if cfg.input != "text" and recipe.model.name != RAW:
-        what = "pixels" if cfg.input == "image" else "numbers"
-        raise RecipeError(f"task.input {cfg.input}: the VAE reads the {what} directly, so model.name "
-                          f"'{recipe.model.name}' would not be used; set model.name: {RAW}")
+    check_inputs(recipe, "VAE")
     likelihood = cfg.reconstruction or ("bce" if cfg.input == "image" else "gaussian")
     if likelihood == "bce" and cfg.input != "image":
         raise RecipeError(f"task.reconstruction bce needs inputs in [0, 1] (images); task.input {cfg.input} is "
@@ -54,35 +43,19 @@ def check_recipe(recipe: Any) -> str:
     return likelihood
 
 
-class VAETask:
+class VAETask(VectorInputs):
     """A VAE on table, image or text-feature vectors: ELBO training, anomaly scores, synthetic samples."""
 
     name = "vae"
 
     def __init__(self, recipe: Any, encoder: TextEncoder | None = None) -> None:
-        self.recipe, self.cfg = recipe, recipe.task
         self.likelihood = check_recipe(recipe)
-        columns = recipe.data.columns
-        self.label_col = columns.get("label", "label")
-        self.text_col, self.image_col = columns.get("text", "text"), columns.get("image", "image")
-        self.columns: list[str] = list(self.cfg.columns or [])
-        self.encoder = encoder
-        if encoder is None and self.cfg.input == "text":
-            self.encoder = TextEncoder(recipe.model.name, self.cfg.max_length, recipe.model.trust_remote_code)
-        self.model: VAE | None = None
-        self.info: dict[str, Any] = {}
-        self.final_dir: Path | None = None
-        self.train_x: np.ndarray | None = None  # raw training vectors, for the scaler and the baselines
+        self.init_inputs(recipe, encoder)
         self.validation: list[Feature] = []  # where thresholds are chosen
         self.scaler: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.constant: list[int] = []  # encoder features that never vary in training (kept at spread 1)
         self.warmup_examples = 0.0
         self._baselines: anomaly.Baselines | None = None
         self._baseline_scores: dict[str, dict[str, np.ndarray]] = {}
-
-    @property
-    def processor(self) -> TextEncoder | None:
-        return self.encoder
 
     @classmethod
     def load(cls, final_dir: Path, recipe: Any, info: dict[str, Any]) -> VAETask:
@@ -98,8 +71,7 @@ class VAETask:
     def fit_labels(self, train_rows: list[Row]) -> None:
         """Learn from the given training rows what needs no statistics: the table's columns (kept as saved for a
         loaded model) and that every normal label of task.normal occurs among them."""
-        if self.cfg.input == "table" and self.model is None:
-            self.columns = table_columns(train_rows, self.label_col, self.cfg.columns)
+        self.fit_columns(train_rows)
         if self.cfg.normal:
             seen = {label_name(row.values.get(self.label_col)) for row in train_rows}
             unknown = [name for name in self.cfg.normal if name not in seen]
@@ -118,59 +90,9 @@ class VAETask:
                     "anomalous; map it with data.columns.label)")
         return self.input_problem(row.values)
 
-    def input_problem(self, values: dict[str, Any]) -> str | None:
-        """None if the row holds a usable input (numbers, an image, a text), else what is wrong with it."""
-        if self.cfg.input == "table":
-            return cell_problem(values, self.columns)
-        column = self.image_col if self.cfg.input == "image" else self.text_col
-        if column not in values:
-            return f"missing column '{column}' (the {self.cfg.input}; map it with data.columns.{self.cfg.input})"
-        if self.cfg.input == "text" and not (isinstance(values[column], str) and values[column].strip()):
-            return f"column '{column}' holds {values[column]!r}, not a text"
-        return None
-
     def featurize(self, rows: list[Row]) -> Prepared:
         """Rows as raw vectors with an id, where they came from, and whether they are anomalous (task.normal)."""
-        return self.vectors(rows, labelled=bool(self.cfg.normal))
-
-    def vectors(self, rows: list[Row], labelled: bool) -> Prepared:
-        """Checked rows as features; images that do not decode and texts over the encoder window are rejected (or,
-        for texts with task.truncation, truncated and counted)."""
-        prepared = Prepared([])
-        if not rows:
-            return prepared
-        if self.cfg.input == "text":
-            rows, vectors = self._texts(rows, prepared)
-        elif self.cfg.input == "image":
-            kept, vectors = [], []
-            for row in rows:
-                try:
-                    vectors.append(image_vector(row.values[self.image_col], Path(row.source).parent,
-                                                self.cfg.image_size, self.cfg.grayscale))
-                    kept.append(row)
-                except ValueError as err:
-                    prepared.rejected.append((row.where(), str(err)))
-            rows = kept
-        else:
-            vectors = [table_vector(row.values, self.columns) for row in rows]
-        for row, vector in zip(rows, vectors):
-            prepared.features.append({"x": vector, "id": vector_id(vector), "where": row.where(),
-                                      "anomaly": self._anomalous(row.values) if labelled else None})
-        return prepared
-
-    def _texts(self, rows: list[Row], prepared: Prepared) -> tuple[list[Row], list[np.ndarray]]:
-        texts = [str(row.values[self.text_col]) for row in rows]
-        kept = []
-        for row, length in zip(rows, self.encoder.lengths(texts)):
-            if length <= self.cfg.max_length:
-                kept.append(row)
-            elif self.cfg.truncation:
-                prepared.truncated += 1
-                kept.append(row)
-            else:
-                prepared.rejected.append((row.where(), f"text is {length} tokens, over task.max_length="
-                                          f"{self.cfg.max_length}; raise it, or set task.truncation: true (counted)"))
-        return kept, list(self.encoder.cached([str(row.values[self.text_col]) for row in kept]))
+        return self.vectors(rows, lambda values: {"anomaly": self._anomalous(values) if self.cfg.normal else None})
 
     def _anomalous(self, values: dict[str, Any]) -> int:
         return int(label_name(values.get(self.label_col)) not in self.cfg.normal)
@@ -186,37 +108,13 @@ class VAETask:
                             "give data.train with normal rows and data.validation / data.test with both")
         self.train_x = np.stack([f["x"] for f in train])
         if self.model is None:
-            self.scaler = self._fit_scaler(self.train_x)
+            self.scaler = self.fit_scaler(self.train_x)
         self.warmup_examples = self.cfg.kl_warmup_epochs * len(train)
         self.validation = splits.get("validation", [])
         self._baselines, self._baseline_scores = None, {}
 
-    def _fit_scaler(self, train: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images keep their [0, 1] pixels; tables and text features are standardised with training statistics.
-
-        A table column with one value in every training row is an error (it cannot be scaled and says nothing); an
-        encoder's feature that never varies (MiniLM has such dimensions) keeps spread 1, and is named in final/."""
-        if self.cfg.input == "image":
-            return torch.zeros(train.shape[1]), torch.ones(train.shape[1])
-        spread = train.std(0)
-        self.constant = np.flatnonzero(spread == 0).tolist()
-        if self.constant and self.cfg.input == "table":
-            column = self.constant[0]
-            raise DataError(f"column '{self.columns[column]}' has the same value ({train[0, column]:g}) in every "
-                            f"training row ({len(self.constant)} such column(s)): it cannot be scaled and says "
-                            "nothing; leave it out by listing the other columns in task.columns")
-        spread[self.constant] = 1.0
-        return torch.from_numpy(train.mean(0)), torch.from_numpy(spread)
-
-    def length(self, feature: Feature) -> int:
-        return 1
-
     def collate(self, features: list[Feature], train: bool = False) -> dict[str, torch.Tensor]:
         return {"inputs": torch.from_numpy(np.stack([f["x"] for f in features]))}
-
-    def cache_keys(self, inputs: dict[str, torch.Tensor]) -> tuple[list[tuple], list[int]]:
-        rows = inputs["inputs"].detach().cpu().contiguous()
-        return [(hashlib.sha1(row.numpy().tobytes()).digest(),) for row in rows], [1] * len(rows)
 
     # ---- model and loss ----------------------------------------------------------------------------------------
     def model_class(self) -> type | None:
@@ -228,9 +126,6 @@ class VAETask:
             raise RunError("the VAE's scaler is fitted on the training split in fit_splits; prepare the data "
                            "(tunelab.data.prepare.prepare_rows) before building the model")
         return VAE(self.train_x.shape[1], self.cfg.hidden, self.cfg.latent, self.likelihood, *self.scaler)
-
-    def count(self, features: list[Feature]) -> int:
-        return len(features)
 
     def beta(self, vae: VAE) -> float:
         """The KL weight now: beta, raised linearly from 0 over task.kl_warmup_epochs of training examples."""
@@ -324,7 +219,7 @@ class VAETask:
                 bad.append((row.where(), problem))
             else:
                 good.append(row)
-        prepared = self.vectors(good, labelled=False)
+        prepared = self.vectors(good, lambda values: {"anomaly": None})
         bad += prepared.rejected
         if bad:
             shown = "\n".join(f"  - {where}: {problem}" for where, problem in bad[:5])
@@ -346,6 +241,20 @@ class VAETask:
         return [{"text": str(item), "label": "anomaly" if result["flag"] else "normal",
                  "scores": {k: result[k] for k in ("score", "elbo", "reconstruction", "kl")}}
                 for item, result in zip(inputs, self.score_rows(model, rows, batch_size))]
+
+    def draw(self, model: VAE, n: int, seed: int) -> tuple[np.ndarray, None]:
+        """n samples in raw units (``synthetic.draw``); a VAE's samples carry no class."""
+        return synthetic.draw(model, n, seed), None
+
+    def generate_and_score(self, model: VAE, features: list[Feature], batch_size: int) -> dict[str, Any]:
+        """Samples judged against these rows' normal ones and the training rows (``synthetic.quality``): the
+        detection score, nearest real rows, per-column distances for tables. Run once after training, on test."""
+        normal = [f for f in features if not f["anomaly"]]
+        return self.judge(model, synthetic.draw(model, len(normal), self.recipe.seed), normal)
+
+    def figures(self, model: VAE, run_dir: Path) -> dict[str, str]:
+        """For images: plots/samples.png, a grid of 64 samples."""
+        return self.grid(synthetic.draw(model, 64, self.recipe.seed), run_dir) if self.cfg.input == "image" else {}
 
     # ---- saving ------------------------------------------------------------------------------------------------
     def save(self, model: nn.Module, folder: Path, strategy: Any) -> None:
