@@ -9,6 +9,7 @@ are computed once on the untouched model and once on the trained one, on the sam
 from __future__ import annotations
 
 import string
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from tunelab.errors import DataError, RunError
 from tunelab.evaluate.metrics import generation_metrics, perplexity
 from tunelab.recipe import GenerateConfig, Recipe
 from tunelab.tasks.base import Feature, TextTask, write_final
+from tunelab.tasks.decoding import greedy_decode, greedy_supported, merged_adapters
 
 IGNORE = -100  # the label value PyTorch's cross-entropy skips: prompt tokens and padding
 EVAL_TOKENS = 2048  # largest evaluation micro-batch in tokens (bounds the logits' memory: tokens x vocabulary)
@@ -138,26 +140,30 @@ def pad_id(tokenizer: Any) -> int:
     raise DataError("the tokenizer has neither a pad nor an eos token; generation tasks need one of them")
 
 
-@torch.inference_mode()
 def generate(model: nn.Module, tokenizer: Any, prompts: list[list[int]], cfg: GenerateConfig, batch_size: int,
-             decoder_only: bool) -> list[str]:
+             decoder_only: bool, fast: bool = True) -> list[str]:
     """Generate for token-id prompts in batches of similar length, with the KV cache; texts in the given order.
 
-    Decoder-only models are padded on the left, so every prompt ends where generation starts.
+    Decoder-only models are padded on the left, so every prompt ends where generation starts. With ``fast`` (the
+    default) adapters are merged while generating and greedy decoding lets finished rows leave the batch (see
+    :mod:`tunelab.tasks.decoding`); ``fast=False`` is plain ``model.generate`` on the model as it is.
     """
     model.eval()
     device = next(model.parameters()).device
     kwargs = generation_kwargs(cfg, model, tokenizer)
     out: list[str] = [""] * len(prompts)
     features = [{"ids": p} for p in prompts]
-    for idx in length_batches(features, "ids", batch_size, max_tokens=EVAL_TOKENS * 4):
-        rows = [prompts[i] for i in idx]
-        ids = pad(rows, kwargs["pad_token_id"], left=decoder_only).to(device)
-        mask = attention_mask(rows, left=decoder_only).to(device)
-        generated = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-        new = generated[:, ids.shape[1]:] if decoder_only else generated
-        for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
-            out[i] = cut_at_stop(text.strip(), cfg.stop).strip()
+    with merged_adapters(model) if fast else nullcontext(model), torch.inference_mode():
+        greedy = fast and decoder_only and greedy_supported(model, kwargs)
+        for idx in length_batches(features, "ids", batch_size, max_tokens=EVAL_TOKENS * 4):
+            rows = [prompts[i] for i in idx]
+            ids = pad(rows, kwargs["pad_token_id"], left=decoder_only).to(device)
+            mask = attention_mask(rows, left=decoder_only).to(device)
+            generated = (greedy_decode(model, ids, mask, kwargs) if greedy
+                         else model.generate(input_ids=ids, attention_mask=mask, **kwargs))
+            new = generated[:, ids.shape[1]:] if decoder_only else generated
+            for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
+                out[i] = cut_at_stop(text.strip(), cfg.stop).strip()
     return out
 
 
