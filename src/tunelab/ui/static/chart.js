@@ -44,7 +44,7 @@ function lineChart(title, series, xLabel = "step") {
     root.append(svg("polyline", { points: pts.map(p => `${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" "),
                                   fill: "none", stroke: s.color, "stroke-width": 1.8, class: "series" }));
     if (pts.length < 40) pts.forEach(p => root.append(svg("circle", { cx: sx(p[0]), cy: sy(p[1]), r: 2.5, fill: s.color })));
-    const lx = W - R - 150, ly = T + 14 + k * 14;
+    const lx = W - R - 130 * (series.length - k), ly = 16;  // the legend on the title line, clear of the curves
     root.append(svg("line", { x1: lx, x2: lx + 16, y1: ly - 4, y2: ly - 4, stroke: s.color, "stroke-width": 2 }));
     root.append(svg("text", { x: lx + 20, y: ly, "font-size": 11 }, s.label));
   });
