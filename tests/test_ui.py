@@ -11,6 +11,7 @@ Screenshots go to $TUNELAB_UI_SCREENSHOTS (default tests/artifacts/ui).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -50,7 +51,8 @@ def ui(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         for kind in ("train", "compare"):
             for key in bench.jobs.keys(kind):
                 if bench.jobs.alive(key):
-                    os.killpg(bench.jobs.get(key)["pid"], signal.SIGKILL)
+                    with contextlib.suppress(ProcessLookupError):  # it may end on its own meanwhile
+                        os.killpg(bench.jobs.get(key)["pid"], signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
