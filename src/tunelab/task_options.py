@@ -23,6 +23,12 @@ class _TaskOptions(BaseModel):
     evaluate_each_epoch: ClassVar[bool] = True  # also evaluate (and checkpoint) at every epoch's end, not only every
     # train.eval_every steps
 
+    def ranking_metric(self) -> tuple[str, Literal["max", "min"]] | None:
+        """The validation metric ``compare`` ranks variants of this task on when the recipe keeps the default
+        eval.metric; None: that metric. (A VAE's loss weighs KL by beta, so variants of beta differ in what their
+        loss measures; they are ranked on what the run is for.)"""
+        return None
+
 
 class HeadConfig(_TaskOptions):
     hidden: list[int] = Field(default_factory=list, description="Hidden sizes of extra head layers; [] = one linear layer.")
@@ -137,6 +143,10 @@ class VAEConfig(_VectorOptions):
                                       "threshold of best validation F1).")
     eval_samples: int = Field(8, gt=0, description="Latent samples per example when evaluating and scoring (a "
                               "fixed seed, so scores repeat).")
+
+    def ranking_metric(self) -> tuple[str, Literal["max", "min"]]:
+        """ROC-AUC when it detects anomalies; else the ELBO (beta = 1 for every variant, unlike the loss)."""
+        return ("roc_auc", "max") if self.normal else ("elbo", "max")
 
 
 class NetworkOptimizer(BaseModel):

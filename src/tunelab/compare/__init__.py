@@ -17,7 +17,7 @@ from typing import Any
 
 from tunelab.compare.presets import DEFAULT_PRESETS, PRESETS, Invalid, Preset, load_strategy_file, parse_budget, pick_variants
 from tunelab.compare.runner import Plan, RunResult, machine_info, prepare_folder, run_comparison
-from tunelab.recipe import load_recipe
+from tunelab.recipe import Recipe, load_recipe
 from tunelab.runfolder import check_name
 
 __all__ = ["Comparison", "compare", "PRESETS", "DEFAULT_PRESETS"]
@@ -31,6 +31,15 @@ class Comparison:
     rows: list[dict[str, Any]]
     results: list[RunResult]
     table: str
+
+
+def ranking_metric(recipe: Recipe) -> tuple[str, str]:
+    """The validation metric variants are ranked on: the recipe's eval.metric, unless it keeps its task's default
+    and the task names a better one to compare variants by (a VAE: ROC-AUC when it detects anomalies, else the
+    ELBO, whose beta is 1 for every variant while the loss weighs KL by each variant's own beta)."""
+    if (recipe.eval.metric, recipe.eval.mode) == type(recipe.task).default_metric:
+        return recipe.task.ranking_metric() or (recipe.eval.metric, recipe.eval.mode)
+    return recipe.eval.metric, recipe.eval.mode
 
 
 def compare(recipe: str | Path, *, strategies: list[str] | None = None, strategy_file: str | Path | None = None,
@@ -59,14 +68,14 @@ def compare(recipe: str | Path, *, strategies: list[str] | None = None, strategy
     machine = machine_info()
     echo(f"comparing {len(plan.variants)} variants x {len(plan.seeds)} seed(s) in {folder}; budget: {plan.budget.describe()}")
     results = run_comparison(plan, echo)
-    metric = base.eval.metric
-    rows = aggregate(results, metric, base.eval.mode)
+    metric, mode = ranking_metric(base)
+    rows = aggregate(results, metric, mode)
     first = next((r.summary for r in results if r.summary), {})
     meta = {
         "recipe": {"path": str(recipe_path), "model": base.model.name, "task": base.task.type,
                    "data": base.data.dataset or base.data.train, "seed": base.seed, "batch_size": base.train.batch_size},
         "rows": ", ".join(f"{k} {v}" for k, v in first.get("data", {}).get("rows", {}).items()) or "no run finished",
-        "metric": metric, "mode": base.eval.mode, "decided_by": DECIDES, "reported": REPORTED,
+        "metric": metric, "mode": mode, "decided_by": DECIDES, "reported": REPORTED,
         "budget": plan.budget.describe(), "seeds": plan.seeds, "overrides": plan.overrides,
         "machine": machine, "load_average_end": round(os.getloadavg()[0], 2),
     }
