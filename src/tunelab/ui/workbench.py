@@ -120,11 +120,11 @@ class Workbench:
     # ---- runs -------------------------------------------------------------------------------------------------
     def start(self, base: str, values: dict[str, str], name: str = "", queue: bool = False) -> dict[str, Any]:
         """Start a run now, or queue it; a plan with errors is returned as it is (nothing started)."""
-        plan = self.plan(base, values, name)
-        if plan["ok"]:
-            if queue:
+        with self.jobs.lock:  # the name is checked and taken at once: two quick clicks make one run, not two
+            plan = self.plan(base, values, name)
+            if plan["ok"] and queue:
                 plan["queued"] = self.queue.add(plan["name"], plan["argv"], plan["command"])
-            else:
+            elif plan["ok"]:
                 key = f"train-{plan['name']}"
                 self.jobs.start(key, plan["argv"], self.jobs.staging_log(key), name=plan["name"],
                                 command=plan["command"])

@@ -95,7 +95,9 @@ async function renderNewRun(startFrom = "") {
     }, 150);
   }
   async function submit(toQueue) {
-    const plan = await api("POST", "/api/runs", { base: loaded, values: values(), name: runName.value, queue: toQueue });
+    start.disabled = queue.disabled = true;  // one click, one run
+    const plan = await api("POST", "/api/runs", { base: loaded, values: values(), name: runName.value, queue: toQueue })
+      .finally(() => { start.disabled = queue.disabled = false; });
     preview.textContent = plan.command;
     showErrors(plan.errors);
     if (!plan.ok) return;
