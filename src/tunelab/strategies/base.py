@@ -16,7 +16,7 @@ from tunelab.errors import ModelError, RecipeError
 from tunelab.strategies import layers
 
 
-FROZEN_HEAD_LR = 3e-2  # default rate of a new head over a frozen pooler (see Strategy.default_head_lr)
+FROZEN_HEAD_LR = 3e-2  # default rate of a new head over a frozen pooler; how it was chosen: docs/defaults.md
 
 
 def new_params(model: nn.Module) -> set[str]:
@@ -68,9 +68,7 @@ class Strategy:
     """Base: full fine-tuning. Subclasses override ``apply`` and, where needed, the hooks below."""
 
     name = "full"
-    # optim.head_lr when the recipe sets none. Methods that freeze the pooler under the head set it high: a head
-    # learning from frozen features at a fine-tuning rate barely moves (MiniLM's pooled output spreads about 0.04,
-    # and feature_extraction at 3e-3 stayed at the majority class for a whole epoch of Rotten Tomatoes).
+    # optim.head_lr when the recipe sets none; methods that freeze the pooler under the head use FROZEN_HEAD_LR
     default_head_lr: float | None = None
 
     def __init__(self, cfg: Any, task_type: str = "classification") -> None:
