@@ -40,5 +40,5 @@ def test_every_bench_scenario_trains_the_head_at_the_scenario_rate(bench: tuple,
         recipe = parse_recipe(tunelab_side.recipe_for(s, tmp_path))
         strategy = make_strategy(recipe.strategy, recipe.task.type)
         assert recipe.train.lr == s.lr, s.name
-        assert head_rate(recipe, strategy.default_head_lr) == s.lr, (
-            f"{s.name}: tunelab's head trains at {head_rate(recipe, strategy.default_head_lr)}, the Trainer's at {s.lr}")
+        head = head_rate(recipe, strategy.default_head_lr)
+        assert head == s.lr, f"{s.name}: tunelab's head trains at {head}, the Trainer's at {s.lr}"

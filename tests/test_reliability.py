@@ -94,7 +94,8 @@ def kill_three_times_then_resume(folder: Path, recipe: Path, whole: Path, steps:
     first as soon as a checkpoint is being written (its hidden temporary folder appears), the others at seeded random
     points after the resumed process wrote a new checkpoint; resume after each. Every kill must hit a live process,
     everything a kill leaves behind must verify and equal ``whole`` (the same recipe run uninterrupted, keeping every
-    checkpoint), and the end must equal ``whole`` bit for bit: weights, logged losses, step count. Returns the trials."""
+    checkpoint), and the end must equal ``whole`` bit for bit: weights, logged losses, step count. Returns the
+    trials."""
     run = folder / "runs" / "X"
     rng = random.Random(20261122)
     step_seconds = json.loads((whole / "summary.json").read_text())["train_seconds"] / steps
