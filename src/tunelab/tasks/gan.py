@@ -12,22 +12,19 @@ little about sample quality, so evaluation draws synthetic rows and judges them 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from tunelab.data.labels import label_name
 from tunelab.data.prepare import label_names
 from tunelab.data.sources import Row
 from tunelab.errors import RecipeError, RunError
-from tunelab.io import publish_dir, write_json
-from tunelab.tasks import synthetic
 from tunelab.tasks.base import Feature, OptimizerGroup, Prepared, Stepper
 from tunelab.tasks.gan_model import GAN
 from tunelab.tasks.vae_inputs import TextEncoder
@@ -213,16 +210,5 @@ class GANTask(VectorInputs):
     def save(self, model: nn.Module, folder: Path, strategy: Any) -> None:
         """final/: both networks with the scaler (model.safetensors) and tunelab.json with the shape, the columns,
         the classes and their training shares; written whole or not at all."""
-        gan = _gan(model)
-        tmp = folder.with_name(f".{folder.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({name: value.detach().cpu().contiguous() for name, value in gan.state_dict().items()},
-                  tmp / "model.safetensors")
-        write_json(tmp / "tunelab.json", {
-            "task": self.name, "format": "safetensors", "strategy": strategy.name, "input": self.cfg.input,
-            "dim": gan.dim, "columns": self.columns, "labels": self.labels,
-            "prior": self.prior.tolist() if self.prior is not None else None,
-            "encoder": self.recipe.model.name if self.encoder else None, "constant_features": self.constant,
-            "image_size": self.cfg.image_size if self.cfg.input == "image" else None, "grayscale": self.cfg.grayscale})
-        publish_dir(tmp, folder)
+        self.write_final(_gan(model), folder, strategy, {
+            "labels": self.labels, "prior": self.prior.tolist() if self.prior is not None else None})

@@ -12,19 +12,17 @@ same split and features (``anomaly``), with a threshold chosen on validation.
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from tunelab.data.labels import label_name
 from tunelab.data.sources import Row
 from tunelab.errors import DataError, RecipeError, RunError
-from tunelab.io import publish_dir, write_json
 from tunelab.tasks import anomaly, synthetic
 from tunelab.tasks.base import Feature, Prepared
 from tunelab.tasks.vae_inputs import TextEncoder
@@ -263,16 +261,6 @@ class VAETask(VectorInputs):
         labels = np.array([f["anomaly"] for f in self.validation]) if self.cfg.normal else None
         scores = self.scores(model, self.validation, self.recipe.eval.batch_size)
         threshold, rule = anomaly.choose_threshold(scores, labels, self.cfg.threshold_quantile)
-        tmp = folder.with_name(f".{folder.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()},
-                  tmp / "model.safetensors")
-        write_json(tmp / "tunelab.json", {
-            "task": self.name, "format": "safetensors", "strategy": strategy.name, "input": self.cfg.input,
-            "dim": model.dim, "hidden": list(self.cfg.hidden), "latent": model.latent, "likelihood": model.likelihood,
-            "columns": self.columns, "encoder": self.recipe.model.name if self.encoder else None,
-            "constant_features": self.constant,
-            "image_size": self.cfg.image_size if self.cfg.input == "image" else None, "grayscale": self.cfg.grayscale,
+        self.write_final(model, folder, strategy, {
+            "hidden": list(self.cfg.hidden), "latent": model.latent, "likelihood": model.likelihood,
             "score": self.cfg.score, "threshold": threshold, "threshold_rule": rule})
-        publish_dir(tmp, folder)

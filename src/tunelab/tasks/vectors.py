@@ -9,15 +9,18 @@ conditional GAN's class) and its own model, loss and evaluation.
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from tunelab.data.sources import Row
 from tunelab.errors import DataError, RecipeError
+from tunelab.io import publish_dir, write_json
 from tunelab.tasks import synthetic
 from tunelab.tasks.base import Feature, Prepared
 from tunelab.tasks.vae_inputs import (TextEncoder, cell_problem, image_vector, table_columns, table_vector,
@@ -151,6 +154,22 @@ class VectorInputs:
             return {}
         synthetic.sample_grid(run_dir / "plots" / "samples.png", fake, self.cfg.image_size, self.cfg.grayscale, per_row)
         return {"samples": "plots/samples.png"}
+
+    def write_final(self, model: torch.nn.Module, folder: Path, strategy: Any, record: dict[str, Any]) -> None:
+        """final/, whole or not at all: every tensor of the model (weights and scaler) in model.safetensors, and
+        tunelab.json with what reading rows again needs (input, columns, encoder, image size) and the task's
+        ``record``."""
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()},
+                  tmp / "model.safetensors")
+        write_json(tmp / "tunelab.json", {
+            "task": self.name, "format": "safetensors", "strategy": strategy.name, "input": self.cfg.input,
+            "dim": model.dim, "columns": self.columns, "encoder": self.recipe.model.name if self.encoder else None,
+            "constant_features": self.constant, "image_size": self.cfg.image_size if self.cfg.input == "image" else None,
+            "grayscale": self.cfg.grayscale, **record})
+        publish_dir(tmp, folder)
 
     def length(self, feature: Feature) -> int:
         return 1
