@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from tunelab.data.prepare import DataReport, prepare_rows
-from tunelab.errors import RunError
+from tunelab.errors import RecipeError, RunError
 from tunelab.evaluate.drift import snapshot, weight_drift
 from tunelab.evaluate.memory import RssSampler, peak_rss_bytes
 from tunelab.evaluate.metrics import majority_baseline
@@ -78,6 +78,32 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, Any]:
             "trainable_share": trainable / total if total else 0.0}
 
 
+def make_accelerator(precision: str) -> Accelerator:
+    """Accelerate with the recipe's train.precision (fp32 = 'no'). Accelerate keeps one precision per process, so a
+    run after another of a different precision (a notebook, the tests) starts its state afresh; fp16 is refused
+    on a CPU, where Accelerate would silently train in float32."""
+    from accelerate.state import AcceleratorState
+
+    cuda = torch.cuda.is_available()
+    if precision == "fp16" and not cuda:
+        raise RecipeError("train.precision: fp16 needs a GPU (float16 autocast with loss scaling); on a CPU use "
+                          "bf16 (autocast; about 2x slower than fp32 on this machine's CPU) or fp32")
+    wanted = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    if AcceleratorState._shared_state.get("_mixed_precision", wanted) != wanted:
+        AcceleratorState._reset_state()
+    return Accelerator(cpu=not cuda, mixed_precision=wanted)
+
+
+def checkpoint_activations(model: torch.nn.Module, name: str) -> None:
+    """train.activation_checkpointing: each block keeps only its inputs and reruns in the backward pass (transformers'
+    own switch, non-reentrant, so dropout masks are replayed and frozen embeddings need no gradient)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise RecipeError(f"train.activation_checkpointing: '{name}' ({type(base).__name__}) does not support it; "
+                          "set it to false")
+    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+
 def warn_low_lr(recipe: Recipe) -> None:
     """Warn when train.lr is far below what the strategy needs: a full fine-tuning rate barely moves adapters."""
     wanted = type(recipe.strategy).recommended_lr
@@ -112,11 +138,11 @@ def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bo
         resume = True
     elif not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
-    acc = Accelerator(cpu=not torch.cuda.is_available())
     if resume and run_dir is None:
         if not name:
             raise RunError("--resume needs the run: pass its folder (tunelab train runs/NAME --resume) or --name NAME")
         run_dir, recipe = existing_run(Path(recipe.output.dir) / name)
+    acc = make_accelerator(recipe.train.precision)
     if not resume:
         run_dir_for(recipe, name, overwrite)  # a bad name or a folder it may not replace: refused before any work
     require_trackers(recipe.output.trackers)
@@ -133,6 +159,8 @@ def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bo
     model = task.build_model()
     warn_low_lr(recipe)
     model = strategy.apply(model)
+    if recipe.train.activation_checkpointing:
+        checkpoint_activations(model, recipe.model.name)
     counts = parameter_counts(model)
     require_free_space(run_dir or Path(recipe.output.dir),
                        checkpoint_bytes(counts["trainable"], counts["total"], recipe.train.keep_checkpoints))

@@ -107,6 +107,15 @@ class TrainConfig(Strict):
                                 "shared out among the processes on this machine).")
     release_memory: bool = Field(True, description="Linux/glibc: return freed tensors of 1 MiB or more to the OS at "
                                  "once (lower peak memory; a page fault per large allocation).")
+    chunked_loss: bool = Field(True, description="causal_lm: the output layer and cross-entropy run in chunks over "
+                               "the labelled tokens only, recomputed in the backward pass, so the logits (tokens x "
+                               "vocabulary) are never held whole (checked against the plain loss on the first batch).")
+    activation_checkpointing: bool = Field(False, description="Keep only each block's inputs and recompute its "
+                                           "activations in the backward pass: much less memory, about a third "
+                                           "more compute (transformers models that support it).")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Mixed precision through Accelerate "
+                                                     "(autocast; fp16 also scales the loss): a GPU lever. bf16 runs "
+                                                     "on a CPU but about 2x slower there; fp16 needs a GPU.")
 
     @model_validator(mode="after")
     def _divisible(self) -> TrainConfig:

@@ -23,6 +23,7 @@ from tunelab.data.sources import Row
 from tunelab.errors import DataError, RecipeError
 from tunelab.recipe import GenerateConfig, Recipe
 from tunelab.tasks.base import Feature, Prepared
+from tunelab.tasks.chunked_loss import chunked_loss_sum, chunking_matches
 from tunelab.tasks.classification import too_long_message
 from tunelab.tasks.generation import (
     IGNORE,
@@ -81,6 +82,7 @@ class CausalLMTask(GenerationTask):
         self.messages_col = columns.get("messages", "messages")
         self.use_chat = recipe.task.chat_template and bool(getattr(self.tokenizer, "chat_template", None))
         self.slice_logits = True  # until a model refuses logits_to_keep
+        self.chunked: bool | None = None if recipe.train.chunked_loss else False  # None: not probed yet
 
     def auto_class(self) -> Any:
         from transformers import AutoModelForCausalLM
@@ -204,8 +206,8 @@ class CausalLMTask(GenerationTask):
         return {"input_ids": pad(rows, self.pad_id), "position_ids": torch.tensor(positions),
                 "labels": pad([[t for f in b for t in f["labels"]] for b in bins], IGNORE)}
 
-    def loss_sum(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Summed cross-entropy of each labelled token given the tokens before it."""
+    def plain_loss_sum(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed cross-entropy of each labelled token given the tokens before it, from the model's logits."""
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         targets = torch.cat([batch["labels"][:, 1:], torch.full_like(batch["labels"][:, :1], IGNORE)], dim=1)
         labelled = (targets != IGNORE).any(0).nonzero()
@@ -216,6 +218,19 @@ class CausalLMTask(GenerationTask):
         targets = targets[:, targets.shape[1] - logits.shape[1]:]
         keep = targets != IGNORE
         return F.cross_entropy(logits[keep].float(), targets[keep], reduction="sum")
+
+    def loss_sum(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed cross-entropy of each labelled token given the tokens before it: by default the output layer runs
+        in chunks over the labelled tokens only (``train.chunked_loss``, see :mod:`tunelab.tasks.chunked_loss`),
+        once a probe on the first batch showed that this model's chunked loss is its plain loss."""
+        if self.chunked is not False:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            targets = torch.cat([batch["labels"][:, 1:], torch.full_like(batch["labels"][:, :1], IGNORE)], dim=1)
+            if self.chunked is None:
+                self.chunked = chunking_matches(model, inputs, targets)
+            if self.chunked:
+                return chunked_loss_sum(model, inputs, targets)
+        return self.plain_loss_sum(model, batch)
 
     def _logits(self, model: nn.Module, inputs: dict[str, torch.Tensor], width: int) -> torch.Tensor:
         """Logits of the last ``width`` positions, or of all where the model has no ``logits_to_keep``."""
