@@ -7,7 +7,8 @@ discriminator update, and on every ``d_steps``-th a generator update, each throu
 schedule (``optimizer_groups``); the loop checkpoints both, so a resumed run continues exactly. GAN losses say
 little about sample quality, so evaluation draws synthetic rows and judges them by what they are for
 (``synthetic.quality``): TSTR accuracy beside train-on-real, a detection score (0.5 ideal), nearest real rows
-(memorisation), per-column distances for tables. The best checkpoint is the one with the lowest detection score.
+(memorisation), per-column distances for tables. The best checkpoint is the one with the lowest detection score,
+unless the recipe picks another figure (eval.metric: tstr_accuracy, where the detection score saturates).
 """
 
 from __future__ import annotations
