@@ -105,6 +105,34 @@ def write_causal_data(work: Path, train_rows: int, validation_rows: int) -> None
                     [{"input_ids": f["input_ids"], "labels": f["labels"]} for f in data.splits[name]])
 
 
+def write_generation_data(work: Path, prompts: int, adapter: Path | None = None) -> None:
+    """The generation scenario's prompts (the first held-out test verses of bible-en-es, as recipes/translation.yaml
+    scores them) and the adapter both sides load: ``adapter`` (a trained run's final/), or a seeded random LoRA
+    r=16 on every projection of SmolLM2 (B ~ N(0, 0.002), so it changes the outputs), written once."""
+    from tunelab.data.builtin import load_builtin
+
+    splits, _ = load_builtin("bible-en-es")
+    write_jsonl(work / "generation-prompts.jsonl", [{"source": r["source"]} for r in splits["test"][:prompts]])
+    if adapter is None:
+        adapter = work / "generation-adapter"
+        if not (adapter / "adapter_config.json").is_file():
+            import torch
+            from peft import LoraConfig, get_peft_model
+            from transformers import AutoModelForCausalLM
+
+            from tunelab.models import model_path
+
+            torch.manual_seed(SEED)
+            model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_path(CAUSAL_MODEL)), LoraConfig(
+                r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                        "gate_proj", "up_proj", "down_proj"]))
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    torch.nn.init.normal_(param, std=0.002)
+            model.save_pretrained(adapter)
+    (work / "generation-adapter.txt").write_text(str(adapter), encoding="utf-8")
+
+
 def write_model_folders(work: Path, names: set[str]) -> None:
     """Where each catalog model's Hugging Face folder is, so the Trainer side loads it without importing tunelab."""
     from tunelab.models import model_path

@@ -1,10 +1,12 @@
-"""tunelab against the plain transformers Trainer on the same work: one command, both sides, one table.
+"""tunelab against the plain transformers Trainer on the same work: one command, every side, one table.
 
     .venv/bin/python bench/run.py                      # every scenario (about 15-20 min on 2 idle cores)
     .venv/bin/python bench/run.py --only full,lora     # some of them
     .venv/bin/python bench/run.py --train-rows 256 --causal-steps 4 --no-save   # a quick smoke run
 
-Each side of each scenario runs in its own process (so peak RSS is its own), tunelab first, then the Trainer.
+Each side of each scenario runs in its own process (so peak RSS is its own): tunelab, then the Trainer script as a
+typical user writes it, then the same script tuned (length-grouped batches, threads, workers). The generation
+scenario (``--only generation``) generates for the same prompts through tunelab and through PeftModel + generate.
 A float32 matmul measured at the start and the end gives the machine's practical ceiling for the MFU column.
 Results are printed and written to bench/results/<date>.md with the machine description.
 """
@@ -21,6 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import generation_side
 from common import (
     BENCH,
     Result,
@@ -29,25 +32,33 @@ from common import (
     scenarios,
     write_causal_data,
     write_classification_data,
+    write_generation_data,
     write_model_folders,
 )
 
 TARGETS = {"full": 1.2, "lora": 1.2, "freeze": 3.0, "feature_extraction": 10.0, "causal_lora": 1.2}
 
 
-def run_side(script: str, scenario: str, work: Path, args: argparse.Namespace) -> Result:
+# each side: (script, extra arguments, result file suffix)
+SIDES = {"tunelab": ("tunelab_side.py", [], "tunelab"), "trainer": ("trainer_baseline.py", [], "trainer"),
+         "tuned": ("trainer_baseline.py", ["--tuned"], "trainer-tuned")}
+
+
+def run_side(side: str, scenario: str, work: Path, args: argparse.Namespace) -> Result:
     """One side of one scenario in a fresh process; its log goes to the work folder."""
-    log = work / f"{scenario}-{script.removesuffix('.py')}.log"
+    script, extra, suffix = SIDES[side]
+    if side == "tuned":
+        extra = [*extra, "--workers", str(args.tuned_workers)]
+    log = work / f"{scenario}-{suffix}.log"
     command = [sys.executable, str(BENCH / script), scenario, "--work", str(work),
-               "--train-rows", str(args.train_rows), "--causal-steps", str(args.causal_steps)]
+               "--train-rows", str(args.train_rows), "--causal-steps", str(args.causal_steps), *extra]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     with log.open("w") as handle:
         done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=BENCH)
     if done.returncode:
         tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
         raise SystemExit(f"{script} {scenario} failed (exit {done.returncode}); end of {log}:\n{tail}")
-    side = "tunelab" if script == "tunelab_side.py" else "trainer"
-    return Result.load(work / f"{scenario}-{side}.json")
+    return Result.load(work / f"{scenario}-{suffix}.json")
 
 
 def best(results: list[Result]) -> Result:
@@ -78,25 +89,33 @@ def machine() -> str:
             f"peft {peft.__version__}")
 
 
-def row(title: str, t: Result, h: Result, peak: float) -> list[str]:
-    """One table row: each side's numbers and the ratios tunelab/Trainer."""
+def speed(t: Result, h: Result) -> float:
+    return (t.examples / t.seconds) / (h.examples / h.seconds)
+
+
+def row(title: str, t: Result, h: Result, g: Result, peak: float) -> list[str]:
+    """One table row: tunelab / default Trainer script / tuned Trainer script, and tunelab's ratios to each."""
     mib = 2**20
     mfu = lambda r: 100 * r.flops / r.seconds / (peak * 1e9)  # noqa: E731
+    three = lambda f, fmt: " / ".join(format(f(r), fmt) for r in (t, h, g))  # noqa: E731
     return [
         title,
-        f"{t.examples / t.seconds:.1f} / {h.examples / h.seconds:.1f}",
-        f"**{(t.examples / t.seconds) / (h.examples / h.seconds):.2f}x**",
-        f"{(t.examples / t.cpu_seconds) / (h.examples / h.cpu_seconds):.2f}x",
-        f"{t.tokens / t.seconds:.0f} / {h.tokens / h.seconds:.0f}",
-        f"{t.tokens / t.padded_tokens:.0%} / {h.tokens / h.padded_tokens:.0%}",
-        f"{t.peak_rss_bytes / mib:.0f} / {h.peak_rss_bytes / mib:.0f} MiB ({t.peak_rss_bytes / h.peak_rss_bytes:.2f}x)",
-        f"{t.metric:.4f} / {h.metric:.4f} ({t.metric_name})",
-        f"{mfu(t):.1f}% / {mfu(h):.1f}%",
-        f"{t.seconds:.0f} / {h.seconds:.0f} s",
+        three(lambda r: r.examples / r.seconds, ".1f"),
+        f"**{speed(t, h):.2f}x**",
+        f"**{speed(t, g):.2f}x**",
+        f"{(t.examples / t.cpu_seconds) / (h.examples / h.cpu_seconds):.2f}x / "
+        f"{(t.examples / t.cpu_seconds) / (g.examples / g.cpu_seconds):.2f}x",
+        three(lambda r: r.tokens / r.seconds, ".0f"),
+        three(lambda r: r.tokens / r.padded_tokens, ".0%"),
+        three(lambda r: r.peak_rss_bytes / mib, ".0f") + f" MiB ({t.peak_rss_bytes / g.peak_rss_bytes:.2f}x tuned)",
+        three(lambda r: r.metric, ".4f") + f" ({t.metric_name})",
+        three(mfu, ".1f") + " %",
+        three(lambda r: r.seconds, ".0f") + " s",
     ]
 
 
-HEADER = ["scenario", "examples/s (tunelab / Trainer)", "speed-up", "per CPU-second", "tokens/s", "real tokens in batches",
+HEADER = ["scenario", "examples/s (tunelab / Trainer / tuned Trainer)", "speed-up vs Trainer",
+          "speed-up vs tuned Trainer", "per CPU-second (vs Trainer / vs tuned)", "tokens/s", "real tokens in batches",
           "peak RSS", "final validation metric", "MFU", "training call"]
 
 
@@ -105,22 +124,25 @@ def table(rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def report(results: dict[str, tuple[Result, Result]], specs: dict, peaks: list[float], loads: list[str],
-           args: argparse.Namespace, started: datetime.datetime) -> str:
+def report(results: dict[str, tuple[Result, Result, Result]], specs: dict, peaks: list[float], loads: list[str],
+           args: argparse.Namespace, started: datetime.datetime, generation: dict | None = None) -> str:
     peak = max(peaks)
-    rows = [row(specs[name].title, t, h, peak) for name, (t, h) in results.items()]
+    rows = [row(specs[name].title, t, h, g, peak) for name, (t, h, g) in results.items()]
     verdicts = []
-    for name, (t, h) in results.items():
-        ratio = (t.examples / t.seconds) / (h.examples / h.seconds)
+    for name, (t, h, g) in results.items():
         target = TARGETS[name]
-        memory = "peak RSS lower" if t.peak_rss_bytes <= h.peak_rss_bytes else "peak RSS HIGHER"
-        verdicts.append(f"- {name}: {ratio:.2f}x against a target of {target}x: "
-                        f"{'met' if ratio >= target else 'NOT met'}; {memory}")
+        parts = []
+        for label, other in (("the Trainer", h), ("the tuned Trainer", g)):
+            ratio = speed(t, other)
+            memory = "peak RSS lower" if t.peak_rss_bytes <= other.peak_rss_bytes else "peak RSS HIGHER"
+            parts.append(f"{ratio:.2f}x {label} ({'met' if ratio >= target else 'NOT met'}; {memory})")
+        verdicts.append(f"- {name}, target {target}x: " + ", ".join(parts))
     settings = []
-    for name, (t, h) in results.items():
-        settings.append(f"- {name}: tunelab {json.dumps(t.settings)}; Trainer {json.dumps(h.settings)}; "
-                        f"load average before/after tunelab {t.load_before} / {t.load_after}, Trainer "
-                        f"{h.load_before} / {h.load_after}")
+    for name, (t, h, g) in results.items():
+        settings.append(f"- {name}: tunelab {json.dumps(t.settings)}; Trainer {json.dumps(h.settings)}; tuned "
+                        f"Trainer {json.dumps(g.settings)}; load average before/after tunelab {t.load_before} / "
+                        f"{t.load_after}, Trainer {h.load_before} / {h.load_after}, tuned Trainer {g.load_before} / "
+                        f"{g.load_after}")
         settings += [f"  - {note}" for note in specs[name].notes]
     return "\n".join([
         f"# Bench {started:%Y-%m-%d %H:%M}",
@@ -145,6 +167,16 @@ def report(results: dict[str, tuple[Result, Result]], specs: dict, peaks: list[f
         "per token and block actually run; embeddings excluded) / seconds / the matmul rate. Final metric: the last "
         "validation pass of the training call (accuracy; for the causal LM, loss per answer token).",
         "",
+        *([] if generation is None else [
+            "## Generation",
+            "",
+            f"SmolLM2-135M-Instruct with a LoRA adapter ({generation['adapter']}), greedy, at most "
+            f"{generation['tunelab']['max_new_tokens']} new tokens, stop at a line break: Spanish translations of the first "
+            f"{generation['tunelab']['prompts']} held-out test verses of bible-en-es through the chat template.",
+            "",
+            generation_side.table(generation),
+            "",
+        ]),
         "## Targets",
         *verdicts,
         "",
@@ -161,40 +193,56 @@ def main() -> None:
     parser.add_argument("--causal-train-rows", type=int, default=256)
     parser.add_argument("--causal-validation-rows", type=int, default=48)
     parser.add_argument("--causal-steps", type=int, default=16)
+    parser.add_argument("--tuned-workers", type=int, default=0, help="the tuned Trainer's dataloader workers")
+    parser.add_argument("--generation-prompts", type=int, default=200, help="generation scenario: test verses")
+    parser.add_argument("--tunelab-batch", type=int, default=64, help="generation: tunelab's batch (the recipe's eval)")
+    parser.add_argument("--user-batch", type=int, default=16, help="generation: the user script's batch")
+    parser.add_argument("--max-new-tokens", type=int, default=generation_side.MAX_NEW_TOKENS, help="generation")
+    parser.add_argument("--adapter", type=Path, help="generation: a trained LoRA folder (default: a seeded random one)")
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--work", type=Path, help="keep data, runs, logs and per-side results here (default: a temp dir)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per side (even: A B B A order); the fastest counts")
     parser.add_argument("--no-save", action="store_true", help="print only; write nothing under bench/results")
     args = parser.parse_args()
     specs = scenarios(args.train_rows, args.causal_steps)
-    chosen = [n for n in (args.only.split(",") if args.only else specs) if n]
-    unknown = [n for n in chosen if n not in specs]
+    chosen = [n for n in (args.only.split(",") if args.only else [*specs, "generation"]) if n]
+    unknown = [n for n in chosen if n not in specs and n != "generation"]
     if unknown:
         raise SystemExit(f"unknown scenario(s) {unknown}; choose from {', '.join(specs)}")
     started = datetime.datetime.now()
     loads = [load_average()]
     peaks = [matmul_gflops(args.matmul_size)]
-    results: dict[str, tuple[Result, Result]] = {}
+    results: dict[str, tuple[Result, Result, Result]] = {}
     with tempfile.TemporaryDirectory(prefix="tunelab-bench-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         write_classification_data(work, args.train_rows, args.validation_rows)
         if "causal_lora" in chosen:
             write_causal_data(work, args.causal_train_rows, args.causal_validation_rows)
-        write_model_folders(work, {specs[name].model for name in chosen})
-        for name in chosen:
-            scripts = ["tunelab_side.py", "trainer_baseline.py"]
-            runs: dict[str, list[Result]] = {script: [] for script in scripts}
+        write_model_folders(work, {specs[name].model for name in chosen if name in specs} | (
+            {generation_side.CAUSAL_MODEL} if "generation" in chosen else set()))
+        generation = None
+        if "generation" in chosen:
+            write_generation_data(work, args.generation_prompts, args.adapter)
+            print(f"[{datetime.datetime.now():%H:%M:%S}] generation: tunelab, then user ...", flush=True)
+            env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+            generation = generation_side.run_both(work, args.tunelab_batch, args.user_batch, args.max_new_tokens,
+                                                  sys.executable, env)
+            generation["adapter"] = str(args.adapter) if args.adapter else "seeded random r=16, all projections"
+            print(generation_side.table(generation), flush=True)
+        for name in [n for n in chosen if n in specs]:
+            sides = list(SIDES)
+            runs: dict[str, list[Result]] = {side: [] for side in sides}
             for i in range(args.repeat):
-                for script in scripts if i % 2 == 0 else scripts[::-1]:  # A B, then B A: drift in load cancels
-                    print(f"[{datetime.datetime.now():%H:%M:%S}] {name}: {script} ...", flush=True)
-                    runs[script].append(run_side(script, name, work, args))
-            t, h = (best(runs[script]) for script in runs)
-            results[name] = (t, h)
-            print(table([row(specs[name].title, t, h, max(peaks))]).splitlines()[-1], flush=True)
+                for side in sides if i % 2 == 0 else sides[::-1]:  # A B C, then C B A: drift in load cancels
+                    print(f"[{datetime.datetime.now():%H:%M:%S}] {name}: {side} ...", flush=True)
+                    runs[side].append(run_side(side, name, work, args))
+            t, h, g = (best(runs[side]) for side in sides)
+            results[name] = (t, h, g)
+            print(table([row(specs[name].title, t, h, g, max(peaks))]).splitlines()[-1], flush=True)
     peaks.append(matmul_gflops(args.matmul_size))
     loads.append(load_average())
-    text = report(results, specs, peaks, loads, args, started)
+    text = report(results, specs, peaks, loads, args, started, generation)
     print("\n" + text)
     if not args.no_save:
         out = BENCH / "results" / f"{started:%Y-%m-%d}.md"

@@ -4,6 +4,12 @@ hyperparameters the two sides must share set by hand (batch size, steps or epoch
 decay, gradient clipping, seed, evaluation at each epoch end or once at the end).
 
 The one addition is a ``training_step`` override that counts tokens before calling the Trainer's own step.
+
+With ``--tuned`` it is the script of a user who knows the Trainer: batches grouped by length
+(``train_sampling_strategy="group_by_length"``, transformers' ``LengthGroupedSampler``: batches of similar length
+drawn from shuffled mega-batches), torch's threads set to the physical cores, and ``--workers`` data-loader
+workers (default 0: on a 2-core machine a worker process competes with the two compute threads, and the batches
+are already tokenized, so there is nothing for it to do ahead).
 """
 
 from __future__ import annotations
@@ -97,6 +103,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--train-rows", type=int, required=True)
     parser.add_argument("--causal-steps", type=int, required=True)
+    parser.add_argument("--tuned", action="store_true", help="length-grouped batches, threads, workers")
+    parser.add_argument("--workers", type=int, default=0, help="with --tuned: dataloader_num_workers")
     args = parser.parse_args()
     s = scenarios(args.train_rows, args.causal_steps)[args.scenario]
 
@@ -105,6 +113,13 @@ def main() -> None:
     from transformers.utils import logging
 
     logging.set_verbosity_error()
+    tuned: dict[str, Any] = {}
+    if args.tuned:
+        import psutil
+
+        torch.set_num_threads(psutil.cpu_count(logical=False) or torch.get_num_threads())
+        tuned = {"train_sampling_strategy": "group_by_length", "dataloader_num_workers": args.workers,
+                 "dataloader_persistent_workers": args.workers > 0}
     set_seed(SEED)
     model, tokenizer, train, validation, collator = build(s, args.work)
     model = apply_strategy(s, model)
@@ -126,7 +141,8 @@ def main() -> None:
     training_args = TrainingArguments(
         output_dir=str(args.work / "hf" / s.name), per_device_train_batch_size=s.batch_size,
         per_device_eval_batch_size=64 if s.task == "classification" else 16, learning_rate=s.lr, weight_decay=0.01,
-        warmup_steps=0.06, lr_scheduler_type="linear", max_grad_norm=1.0, seed=SEED, report_to="none", **schedule)
+        warmup_steps=0.06, lr_scheduler_type="linear", max_grad_norm=1.0, seed=SEED, report_to="none", **schedule,
+        **tuned)
     trainer = CountingTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=validation,
                               data_collator=collator, processing_class=tokenizer,
                               compute_metrics=accuracy if s.task == "classification" else None)
@@ -141,16 +157,18 @@ def main() -> None:
         metric_name, metric = "accuracy", evals[-1]["eval_accuracy"]
     else:  # the Trainer averages per-batch means; tunelab reports loss per answer token, so compute that here
         metric_name, metric = "loss", token_loss(trainer.model, validation, collator)
-    result = Result("trainer", s.name, seen["examples"], seen["tokens"], seen["padded"], seconds, cpu_seconds,
+    side = "trainer-tuned" if args.tuned else "trainer"
+    result = Result(side, s.name, seen["examples"], seen["tokens"], seen["padded"], seconds, cpu_seconds,
                     peak_rss_bytes(), metric_name, float(metric),
                     flops(s, trainer.model, seen["tokens"], validation, len(evals)),
                     settings={"optim": str(training_args.optim.value), "train_sampling_strategy":
                               training_args.train_sampling_strategy, "dataloader_num_workers":
                               training_args.dataloader_num_workers, "torch_compile": training_args.torch_compile,
                               "save_strategy": str(training_args.save_strategy.value), "save_steps":
-                              training_args.save_steps, "steps": trainer.state.global_step, "validation_passes": len(evals)},
+                              training_args.save_steps, "steps": trainer.state.global_step, "validation_passes": len(evals),
+                              "threads": torch.get_num_threads()},
                     load_before=load_before, load_after=load_after)
-    result.save(args.work / f"{s.name}-trainer.json")
+    result.save(args.work / f"{s.name}-{side}.json")
 
 
 @torch.no_grad()
