@@ -147,6 +147,7 @@ def test_real_smollm2_with_lora_generates_the_same_verses_fast(smol_tokenizer_di
          {"role": "user", "content": f"Translate English to Spanish: {verse}"}], tokenize=False,
         add_generation_prompt=True), add_special_tokens=False)["input_ids"] for verse in VERSES]
     cfg = GenerateConfig(max_new_tokens=40, stop=["\n"])
+    assert decoding.greedy_supported(model, generation_kwargs(cfg, model, tokenizer))  # the fast path is the one taken
     old = generate(model, tokenizer, prompts, cfg, 6, True, fast=False)
     new = generate(model, tokenizer, prompts, cfg, 6, True, fast=True)
     assert new == old
