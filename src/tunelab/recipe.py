@@ -65,8 +65,9 @@ class DataConfig(Strict):
 
 
 class OptimConfig(Strict):
-    head_lr: float | None = Field(None, gt=0, description="Learning rate of the new head (default: 3e-2 "
-                                   "for methods that freeze what lies under it, else train.lr).")
+    head_lr: float | None = Field(None, gt=0, description="Learning rate of the new head (default: 1e-1 "
+                                   "for feature_extraction, 3e-2 for the other methods that freeze what lies under it, "
+                                   "else train.lr).")
     weight_decay: float = Field(0.01, ge=0, description="AdamW decay; never applied to biases and norms.")
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)

@@ -55,9 +55,9 @@ class Freeze(LayerSelection):
 class FeatureExtraction(_Options):
     """The pretrained backbone frozen and in eval mode; only the new head trains.
 
-    The head trains at optim.head_lr, by default 3e-2, far above fine-tuning rates (why, and the validation runs
-    that chose it: docs/defaults.md). The same default applies to the head of every method that leaves the pooler
-    frozen (lora, dora, ia3, bitfit, adapters, prompts); set optim.head_lr to change it.
+    The head trains at optim.head_lr, by default 1e-1, far above fine-tuning rates; the other methods that leave
+    the pooler frozen (lora, dora, ia3, bitfit, adapters, prompts) train their head at 3e-2 by default (why, and
+    the validation runs that chose both: docs/defaults.md). Set optim.head_lr to change it.
     """
 
     method: Literal["feature_extraction"]

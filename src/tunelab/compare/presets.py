@@ -37,7 +37,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("freeze-bottom-50", {"method": "freeze", "bottom": 0.5, "embeddings": True}, 1e-4,
            "embeddings and the bottom half of the blocks frozen; the rest trains like full fine-tuning"),
     Preset("feature-extraction", {"method": "feature_extraction"}, 1e-3,
-           "only the new head trains, from scratch, at the strategy's head rate 3e-2 (train.lr moves nothing here)"),
+           "only the new head trains, from scratch, at the strategy's head rate 1e-1 (train.lr moves nothing here)"),
     Preset("lora", {"method": "lora", "r": 8, "alpha": 16}, 1e-3,
            "rank-8 adapters start at zero; LoRA papers use 2e-4..1e-3 (Hu et al. 2021 used 4e-4..5e-4 on RoBERTa), "
            "the top of it for a short budget; head at 3e-2 over the frozen pooler"),

@@ -165,7 +165,7 @@ def _num(value: float | None, fmt: str) -> str:
 
 
 def _rates(row: dict[str, Any]) -> str:
-    """train.lr, and the new head's rate when it differs (feature extraction and PEFT train the head at 3e-2)."""
+    """train.lr, and the new head's rate when it differs (feature extraction and PEFT have their own head rate)."""
     lr, head = row["lr"], row.get("head_lr")
     return _num(lr, ".1e") + (f" ({head:.1e})" if head is not None and head != lr else "")
 

@@ -16,7 +16,10 @@ from tunelab.errors import ModelError, RecipeError
 from tunelab.strategies import layers
 
 
-FROZEN_HEAD_LR = 3e-2  # default rate of a new head over a frozen pooler; how it was chosen: docs/defaults.md
+# Default rates of a new head over a frozen pooler, chosen on validation (docs/defaults.md): the head alone
+# (feature_extraction) at HEAD_ONLY_LR; the head beside adapters, vectors or biases at FROZEN_HEAD_LR.
+FROZEN_HEAD_LR = 3e-2
+HEAD_ONLY_LR = 1e-1
 
 
 def new_params(model: nn.Module) -> set[str]:
@@ -175,7 +178,7 @@ class FeatureExtraction(Strategy):
     """The whole pretrained backbone frozen and in eval mode; only the new head trains."""
 
     name = "feature_extraction"
-    default_head_lr = FROZEN_HEAD_LR
+    default_head_lr = HEAD_ONLY_LR
 
     def apply(self, model: nn.Module) -> nn.Module:
         head = new_params(model)
