@@ -70,7 +70,7 @@ class Lora(_Options):
 
     Default targets per architecture are peft's (BERT query/value, Llama q_proj/v_proj, T5 q/v).
     Recommended train.lr: 1e-3: a full fine-tuning rate of 1e-4 or less barely moves the adapters. The head trains
-    at optim.head_lr, default 3e-2, as over any frozen pooler (see feature_extraction).
+    at optim.head_lr, default 3e-2, chosen on validation (docs/defaults.md).
     """
 
     recommended_lr: ClassVar[float | None] = 1e-3
