@@ -18,6 +18,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
+from tunelab.augment import augmenter
 from tunelab.data.prepare import DataReport, prepare_rows
 from tunelab.errors import RecipeError, RunError
 from tunelab.evaluate.drift import snapshot, weight_drift
@@ -59,7 +60,7 @@ class PreparedData:
 
 def prepare_data(recipe: Recipe, task: Any) -> PreparedData:
     """Read, validate, split, sample and featurize the recipe's data through the task."""
-    splits, report = prepare_rows(recipe.data, task, recipe.seed, recipe.eval.max_examples)
+    splits, report = prepare_rows(recipe.data, task, recipe.seed, recipe.eval.max_examples, augmenter(recipe))
     return PreparedData(splits, report)
 
 
@@ -204,7 +205,8 @@ def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bo
         "run": str(run_dir), "task": recipe.task.type, "model": recipe.model.name, "strategy": recipe.strategy.method,
         "data": {"rows": data.report.rows, "skipped": data.report.skipped, "truncated": data.report.truncated,
                  "converted": dict(data.report.converted),
-                 "source": data.report.source, "fingerprint": split_fingerprints(data.splits)},
+                 "source": data.report.source, "fingerprint": split_fingerprints(data.splits),
+                 **({"synthetic": data.report.synthetic} if data.report.synthetic else {})},
         "parameters": counts, "learning_rates": {"lr": recipe.train.lr,
                                                  "head_lr": head_rate(recipe, strategy.default_head_lr)},
         "before": before, "after": after,

@@ -38,6 +38,13 @@ class SplitConfig(Strict):
     stratify: bool = True
 
 
+class AugmentConfig(Strict):
+    run: str = Field(description="A finished class-conditional generative run (task.type gan, task.conditional) "
+                     "whose labels are this recipe's labels, e.g. runs/gan-digits.")
+    n: int = Field(gt=0, description="Synthetic rows added to the training split only, balanced across classes "
+                   "and drawn with the recipe seed; validation and test stay real. The summary counts them.")
+
+
 class DataConfig(Strict):
     dataset: str | None = Field(None, description="A built-in dataset name (rotten-tomatoes, ...).")
     train: str | None = Field(None, description="Path of the training file (csv, tsv, jsonl, parquet).")
@@ -56,6 +63,8 @@ class DataConfig(Strict):
                                                        "(always counted and named): 'check' treats one that also "
                                                        "holds the delimiter as a bad row (a stray opening quote "
                                                        "swallows the rows after it that way); 'keep' accepts it.")
+    augment: AugmentConfig | None = Field(None, description="Add samples from a trained generative run to the "
+                                          "training split (image classification): {run: PATH, n: N}.")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:

@@ -47,6 +47,7 @@ class DataReport:
     truncated: int = 0
     converted: Counter[str] = field(default_factory=Counter)  # rows kept after a conversion (e.g. CMYK to RGB)
     sampled_from: dict[str, int] = field(default_factory=dict)  # split -> its rows before a sample was taken
+    synthetic: dict[str, Any] = field(default_factory=dict)  # data.augment: rows added to train, and from which run
 
     def add_left_out(self, split: str, setting: str, kept: int, total: int, left_out: int, how: str) -> None:
         """Count the rows a sample left out, with the kept size beside the split's full size in the reason."""
@@ -72,10 +73,14 @@ class DataReport:
             self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
-def prepare_rows(cfg: DataConfig, task: RowTask, seed: int, max_examples: int | None
-                 ) -> tuple[dict[str, list[dict[str, Any]]], DataReport]:
+ExtraTrain = Callable[[Any], tuple[list[Row], dict[str, Any]]]  # task -> rows for train only, and their report
+
+
+def prepare_rows(cfg: DataConfig, task: RowTask, seed: int, max_examples: int | None,
+                 extra_train: ExtraTrain | None = None) -> tuple[dict[str, list[dict[str, Any]]], DataReport]:
     """Read, validate, split, sample (data.limit, eval.max_examples) and featurize: the examples per split and
-    the report that accounts for every row read."""
+    the report that accounts for every row read. ``extra_train`` (data.augment, tunelab.augment) adds rows to the
+    finished training split only, after data.limit; the report says how many and from where."""
     given, source_report = read_rows(cfg)
     report = DataReport(source=source_report)
     if hasattr(task, "fit_labels"):
@@ -95,10 +100,27 @@ def prepare_rows(cfg: DataConfig, task: RowTask, seed: int, max_examples: int | 
         report.add_left_out(name, f"{setting}={cap}", len(sampled.features), len(rows), sampled.left_out, how)
         splits[name] = sampled.features
         report.rows[name] = len(sampled.features)
+    if extra_train is not None:
+        add_train_rows(splits, report, task, extra_train)
     require_rows(splits, report)
     if hasattr(task, "fit_splits"):  # a task that fits on the training split only (a VAE's scaler) sees the splits
         task.fit_splits(splits)
     return splits, report
+
+
+def add_train_rows(splits: dict[str, list[dict[str, Any]]], report: DataReport, task: RowTask,
+                   extra_train: ExtraTrain) -> None:
+    """Featurize the extra rows and append them to the training split; every one must be usable (they are made,
+    not read, so a refused one is a bug to report, not a row to skip)."""
+    rows, about = extra_train(task)
+    made = task.featurize(rows)
+    if made.rejected:
+        where, problem = made.rejected[0]
+        raise DataError(f"data.augment: {len(made.rejected)} of {len(rows)} synthetic rows were refused ({where}: "
+                        f"{problem})")
+    report.synthetic = about | {"real_train_rows": len(splits["train"])}
+    splits["train"] = splits["train"] + made.features
+    report.rows["train"] = len(splits["train"])
 
 
 def stratum_key(cfg: DataConfig, task: RowTask, train: list[Row]) -> tuple[StratumKey | None, str]:
