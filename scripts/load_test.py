@@ -133,8 +133,12 @@ def start_server(run: Path, args: argparse.Namespace, log: Path) -> tuple[subpro
 
 
 def stop_server(process: subprocess.Popen) -> int:
-    """Ctrl-C, as a person stops it (requests in flight finish); killed if it has not ended within 60 s."""
-    process.send_signal(signal.SIGINT)
+    """SIGTERM, as a process manager stops it (requests in flight finish); killed if it has not ended within 60 s.
+
+    Not SIGINT: a shell starts background jobs with SIGINT ignored, and the children inherit that, so a load test
+    started with ``&`` would wait the full 60 s and report the kill.
+    """
+    process.send_signal(signal.SIGTERM)
     try:
         return process.wait(60)
     except subprocess.TimeoutExpired:
