@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -39,3 +39,15 @@ def read_inputs(given: list[str] | None, file: Path | None, missing: str) -> lis
         console.print(f"[bold red]error:[/] {missing}")
         raise typer.Exit(2)
     return inputs
+
+
+def listen_or_exit(host: str, port: int) -> Any:
+    """A listening socket for ``tunelab serve`` and ``tunelab ui``; a taken address is a one-line error and exit 2."""
+    from tunelab.serve.server import listen  # fastapi and uvicorn load only for the commands that serve
+
+    try:
+        return listen(host, port)
+    except OSError as err:
+        console.print(f"[bold red]error:[/] cannot listen on {host}:{port} ({err.strerror or err}); "
+                      "choose another --port (0 picks a free one) or stop what holds it", highlight=False)
+        raise typer.Exit(2) from None

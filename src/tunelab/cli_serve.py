@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from pydantic import ValidationError
 
-from tunelab.cli_common import _run, app, console
+from tunelab.cli_common import _run, app, console, listen_or_exit
 from tunelab.errors import RecipeError
 from tunelab.serve.options import ServeOptions
 
@@ -59,7 +59,7 @@ def serve(
     from transformers.utils import logging as transformers_logging
 
     from tunelab.serve.app import ROUTES
-    from tunelab.serve.server import address, build, is_loopback, listen, serve as serve_app
+    from tunelab.serve.server import address, build, is_loopback, serve as serve_app
 
     chosen = _run(options, api_key=api_key, max_batch=max_batch, max_wait_ms=max_wait_ms, max_input_chars=max_input_chars,
                   max_inputs=max_inputs, max_image_bytes=max_image_bytes, max_tokens=max_tokens, max_queue=max_queue,
@@ -71,12 +71,7 @@ def serve(
     transformers_logging.disable_progress_bar()  # as tunelab predict/generate: no weight-loading bars in the log
     transformers_logging.set_verbosity_error()
     web = _run(build, run, chosen)
-    try:
-        sock = listen(host, port)
-    except OSError as err:
-        console.print(f"[bold red]error:[/] cannot listen on {host}:{port} ({err.strerror or err}); "
-                      "choose another --port (0 picks a free one) or stop what holds it", highlight=False)
-        raise typer.Exit(2) from None
+    sock = listen_or_exit(host, port)
     service = web.state.service
     paths = ", ".join(f"POST {ROUTES[e]}" for e in ROUTES if e in service.engine.endpoints)
     console.print(f"serving {run} ({service.task_type}) as model '{service.model_id}' at {address(sock)}/v1\n"

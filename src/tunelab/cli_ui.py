@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from tunelab.cli_common import app, console
+from tunelab.cli_common import app, console, listen_or_exit
 
 
 @app.command("ui")
@@ -29,7 +29,7 @@ def ui(
         tunelab ui --dir runs --port 9000
     """
     # imported here, not at the top: the other commands never pay for FastAPI and uvicorn
-    from tunelab.serve.server import address, is_loopback, listen, serve
+    from tunelab.serve.server import address, is_loopback, serve
     from tunelab.ui.app import LOCAL_NAMES, create_app
     from tunelab.ui.workbench import Workbench
 
@@ -42,12 +42,7 @@ def ui(
     out.mkdir(parents=True, exist_ok=True)
     bench = Workbench(out, recipes if recipes.is_dir() else None, shown=str(out))
     web = create_app(bench, hosts=LOCAL_NAMES | {host} if loopback else None)
-    try:
-        sock = listen(host, port)
-    except OSError as err:
-        console.print(f"[bold red]error:[/] cannot listen on {host}:{port} ({err.strerror or err}); "
-                      "choose another --port (0 picks a free one)", highlight=False)
-        raise typer.Exit(2) from None
+    sock = listen_or_exit(host, port)
     console.print(f"tunelab ui: {address(sock)}  (output folder {out.absolute()}; Ctrl-C stops the app, not the runs)",
                   highlight=False, markup=False)
     serve(web, sock, access_log=False)  # the HTTP plumbing of tunelab serve; no access log: the page polls each second

@@ -348,8 +348,9 @@ def parse_recipe(raw: dict, source: str = "<recipe>", overrides: list[str] | Non
         raise RecipeError(_format_errors(err, source)) from None
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read and validate a recipe file; every problem is reported with the file name and key path."""
+def read_recipe_file(path: str | Path) -> Any:
+    """A recipe file's YAML as read ({} when empty), not yet validated; a missing or unreadable file is a RecipeError
+    naming it."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: no such recipe file. Ready recipes are in the recipes/ folder.")
@@ -359,7 +360,12 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise RecipeError(f"{path}: not valid YAML: {err}") from None
     except RecursionError:
         raise RecipeError(f"{path}: YAML nested too deeply to read; a recipe is a few sections of keys") from None
-    return parse_recipe(raw if raw is not None else {}, str(path), overrides)
+    return raw if raw is not None else {}
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read and validate a recipe file; every problem is reported with the file name and key path."""
+    return parse_recipe(read_recipe_file(path), str(path), overrides)
 
 
 def dump_recipe(recipe: Recipe) -> str:

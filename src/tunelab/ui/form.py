@@ -23,7 +23,7 @@ import yaml
 from pydantic import ValidationError
 
 from tunelab.errors import RecipeError
-from tunelab.recipe import Recipe, _check_shape, _yaml_float, set_override
+from tunelab.recipe import Recipe, _check_shape, _yaml_float, read_recipe_file, set_override
 
 # Keys shown open; every other key is folded away under "advanced" in its section.
 ESSENTIAL = {"name", "model.name", "task.type", "data.dataset", "data.train", "data.columns", "data.limit",
@@ -128,16 +128,10 @@ def read_base(path: str | None) -> dict[str, Any]:
     """The base recipe as a raw mapping ({} for none); a bad file is a RecipeError naming it."""
     if not path:
         return {}
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise RecipeError(f"{path}: no such recipe file")
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise RecipeError(f"{path}: not valid YAML: {err}") from None
-    if raw is not None and not isinstance(raw, dict):
+    raw = read_recipe_file(Path(path).expanduser())
+    if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of sections (model, data, ...)")
-    return raw or {}
+    return raw
 
 
 def _yaml_value(field: dict[str, Any], text: str) -> str:
