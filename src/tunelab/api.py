@@ -33,6 +33,7 @@ from tunelab.run import Run
 from tunelab.tasks import build_task
 from tunelab.tracking import require_trackers, start_trackers
 from tunelab.tasks.generation import side_by_side
+from tunelab.train import fsdp
 from tunelab.train.checkpoint import complete_checkpoints
 from tunelab.train.loop import Trainer, seed_everything
 from tunelab.train.optim import head_rate
@@ -92,7 +93,10 @@ def make_accelerator(precision: str) -> Accelerator:
     wanted = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     if AcceleratorState._shared_state.get("_mixed_precision", wanted) != wanted:
         AcceleratorState._reset_state()
-    return Accelerator(cpu=not cuda, mixed_precision=wanted)
+    fsdp.before_model_load()
+    acc = Accelerator(cpu=not cuda, mixed_precision=wanted)
+    fsdp.enable(acc)  # under accelerate launch --use_fsdp: FSDP2, on a CPU too
+    return acc
 
 
 def checkpoint_activations(model: torch.nn.Module, name: str) -> None:
@@ -198,7 +202,7 @@ def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bo
     finally:
         log.close()  # tracker files complete, however training ended
     trainer.load_best()
-    final_model = acc.unwrap_model(trainer.model)
+    final_model = trainer.plain_model(lambda: strategy.apply(task.build_model()))  # FSDP: gathered, unsharded
     after = _eval_splits(task, final_model, data, recipe)
     samples = side_by_side(before, after)  # generated text side by side: input, reference, before, after
     summary = {

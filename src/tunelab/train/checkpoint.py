@@ -4,6 +4,9 @@ A checkpoint is written into a hidden temporary folder, every file fsynced, a ma
 last, and then the folder is renamed into place: a kill at any moment leaves either the complete old state or the
 complete new one. Loading checks the manifest and reads tensors only through safetensors or
 ``torch.load(weights_only=True)``, never a pickle.
+
+Under FSDP every process writes its own shard into the same temporary folder (``write_part`` with a ``rankR-of-W``
+suffix); the main process seals it (state, manifest, rename) once all have written, so the guarantee is the same.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from tunelab.errors import RunError
 from tunelab.io import atomic_write_text, fsync_dir
 
 MANIFEST = "manifest.json"
+SHARD = re.compile(r"model\.rank\d+-of-\d+\.safetensors")  # one FSDP process's weights (see train.fsdp)
 
 
 def _sha256(path: Path) -> str:
@@ -60,33 +64,62 @@ def buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], objects: dict[str, Any], state: dict) -> None:
     """Write tensors (safetensors), torch objects (optimizer, scheduler, rng) and JSON state, atomically."""
-    tmp = folder.with_name(f".{folder.name}.tmp")
+    tmp = start(folder)
+    guarded(folder, lambda: write_part(tmp, tensors, objects))
+    seal(folder, state)
+
+
+def start(folder: Path) -> Path:
+    """The empty hidden temporary folder a checkpoint is written into (one left by a killed write is removed)."""
+    tmp = temporary(folder)
     shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def temporary(folder: Path) -> Path:
+    return folder.with_name(f".{folder.name}.tmp")
+
+
+def guarded(folder: Path, write: Any) -> None:
+    """Run a write into the temporary folder; a failure removes it and names the earlier checkpoints as intact."""
     try:
-        _write_files(tmp, tensors, objects, state)
+        write()
     except (OSError, RuntimeError, SafetensorError) as err:  # disk full, quota, I/O (torch raises RuntimeError)
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(temporary(folder), ignore_errors=True)
         raise RunError(f"cannot write the checkpoint {folder.name} in {folder.parent} ({err}); the earlier checkpoints "
                        "are untouched. Free disk space, then resume the run with --resume.") from None
+
+
+def write_part(tmp: Path, tensors: dict[str, torch.Tensor], objects: dict[str, Any], suffix: str = "") -> None:
+    """One process's files: model[.SUFFIX].safetensors and NAME[.SUFFIX].pt, each fsynced."""
+    dot = f".{suffix}" if suffix else ""
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / f"model{dot}.safetensors")
+    paths = [tmp / f"model{dot}.safetensors"]
+    for name, obj in objects.items():
+        torch.save(obj, tmp / f"{name}{dot}.pt")
+        paths.append(tmp / f"{name}{dot}.pt")
+    for path in paths:
+        with open(path, "rb+") as handle:
+            os.fsync(handle.fileno())
+
+
+def seal(folder: Path, state: dict) -> None:
+    """Write state.json and the manifest of every file's hash last, then rename the folder into place."""
+    tmp = temporary(folder)
+
+    def finish() -> None:
+        (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+        with open(tmp / "state.json", "rb+") as handle:
+            os.fsync(handle.fileno())
+        manifest = {path.name: _sha256(path) for path in sorted(tmp.iterdir())}
+        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1))
+
+    guarded(folder, finish)
     if folder.exists():  # moved aside in one rename, so a kill never leaves it half deleted under its real name
         discard(folder)
     os.replace(tmp, folder)
     fsync_dir(folder.parent)
-
-
-def _write_files(tmp: Path, tensors: dict[str, torch.Tensor], objects: dict[str, Any], state: dict) -> None:
-    """Fill the temporary folder, fsync every file, and write the manifest of their hashes last."""
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / "model.safetensors")
-    for name, obj in objects.items():
-        torch.save(obj, tmp / f"{name}.pt")
-    (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
-    manifest = {}
-    for path in sorted(tmp.iterdir()):
-        with open(path, "rb+") as handle:
-            os.fsync(handle.fileno())
-        manifest[path.name] = _sha256(path)
-    atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1))
 
 
 def discard(folder: Path) -> None:
@@ -107,7 +140,8 @@ def verify(folder: Path) -> None:
     except (ValueError, UnicodeDecodeError):
         raise RunError(f"{manifest_path}: unreadable manifest; the checkpoint is damaged, refusing to load it") from None
     present = {p.name for p in folder.iterdir() if p.name != MANIFEST}
-    if not isinstance(manifest, dict) or set(manifest) != present or not {"model.safetensors", "state.json"} <= present:
+    weights = "model.safetensors" in present or any(SHARD.fullmatch(name) for name in present)  # one, or per process
+    if not isinstance(manifest, dict) or set(manifest) != present or "state.json" not in present or not weights:
         raise RunError(f"{folder}: its files ({sorted(present)}) are not those its manifest lists; refusing to load it")
     for name, digest in manifest.items():
         if _sha256(folder / name) != digest:
@@ -115,12 +149,20 @@ def verify(folder: Path) -> None:
                            f"Delete {folder} to resume from the checkpoint before it.")
 
 
-def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict]:
-    """Tensors, torch objects and state of a verified checkpoint (tensors only: no pickled code is ever run)."""
+def load_checkpoint(folder: Path, suffix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, Any], dict]:
+    """Tensors, torch objects and state of a verified checkpoint (tensors only: no pickled code is ever run); with a
+    ``suffix`` (one process's shard, ``rankR-of-W``), that process's files and the shared ones."""
     verify(folder)
+    dot = f".{suffix}" if suffix else ""
     try:
-        tensors = load_file(folder / "model.safetensors")
-        objects = {p.stem: torch.load(p, weights_only=True) for p in folder.glob("*.pt")}
+        tensors = load_file(folder / f"model{dot}.safetensors")
+        objects = {}
+        for path in folder.glob("*.pt"):
+            name = path.name[: -len(".pt")]
+            if ".rank" not in name:
+                objects[name] = torch.load(path, weights_only=True)
+            elif dot and name.endswith(dot):
+                objects[name[: -len(dot)]] = torch.load(path, weights_only=True)
         state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     except Exception as err:  # noqa: BLE001 - any reader's failure means the same thing here
         raise RunError(f"{folder}: cannot be read ({type(err).__name__}: {err}); refusing to load it") from None

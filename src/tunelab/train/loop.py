@@ -18,6 +18,7 @@ import math
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from tunelab.recipe import Recipe
 from tunelab.strategies.base import Strategy
 from tunelab.tasks.base import Feature, Task
 from tunelab.train import checkpoint as ckpt
-from tunelab.train import feature_cache, speed
+from tunelab.train import feature_cache, fsdp, speed
 from tunelab.train.progress import Progress
 from tunelab.train.stepping import (Stepper, build_optimizers, load_optimizer_objects, optimizer_objects,
                                     strategy_param_groups)
@@ -97,6 +98,12 @@ class Trainer:
         if self.owned and accelerator.num_processes > 1:
             raise RunError(f"task.type {recipe.task.type} owns its training step, which runs in one process only "
                            "for now; launch it without accelerate launch --num_processes")
+        kind = feature_cache.cache_kind(strategy)
+        if kind and fsdp.active(accelerator):
+            setting = "cache_features" if kind == "head" else "cache_boundary"
+            raise RunError(f"strategy.{setting}: the frozen-feature cache runs part of the model outside FSDP's "
+                           f"sharded forward, so it is not supported under FSDP; set strategy.{setting}: false, or "
+                           "launch with --multi_gpu (data parallel) instead of --use_fsdp")
         optimizers, self.schedulers = build_optimizers(
             model, recipe, task.optimizer_groups(model) if self.owned else None,
             strategy_param_groups(model, recipe, self.candidates, strategy), self.total)
@@ -112,32 +119,53 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------------------------
     def save(self) -> Path:
-        """Write a step checkpoint (main process only) and prune old ones, keeping the best."""
+        """Write a step checkpoint (main process only; under FSDP every process writes its shard) and prune old
+        ones, keeping the best."""
         folder = self.ckpt_dir / f"step-{self.state.step:07d}"
+        model = self.acc.unwrap_model(self.model)
+        self.state.strategy = self.strategy.state()
+        sharded = fsdp.active(self.acc)
         if self.acc.is_main_process:
-            model = self.acc.unwrap_model(self.model)
-            named = dict(model.named_parameters())
-            self.state.strategy = self.strategy.state()
-            ckpt.save_checkpoint(
-                folder,
-                {name: named[name] for name in self.candidates} | ckpt.buffers(model),
-                optimizer_objects(self.optimizers, self.schedulers) | {"rng": ckpt.rng_state()},
-                asdict(self.state),
-            )
+            ckpt.start(folder)
+        self.acc.wait_for_everyone()
+        if sharded or self.acc.is_main_process:
+            tensors = fsdp.local_parameters(model, self.candidates) | ckpt.buffers(model)
+            objects = fsdp.local(optimizer_objects(self.optimizers, self.schedulers)) | {"rng": ckpt.rng_state()}
+            suffix = fsdp.shard_suffix(self.acc) if sharded else ""
+            ckpt.guarded(folder, lambda: ckpt.write_part(ckpt.temporary(folder), tensors, objects, suffix))
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            ckpt.seal(folder, asdict(self.state))
             best = {f"step-{self.state.best_step:07d}"} if self.state.best_step is not None else set()
             ckpt.prune(self.ckpt_dir, self.recipe.train.keep_checkpoints, best)
         self.acc.wait_for_everyone()
         return folder
 
+    def _read(self, folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict]:
+        """A verified checkpoint's tensors, objects and state: under FSDP this process's shard of it."""
+        if not fsdp.active(self.acc):
+            return ckpt.load_checkpoint(folder)
+        fsdp.check_processes(folder, self.acc)
+        return ckpt.load_checkpoint(folder, fsdp.shard_suffix(self.acc))
+
+    def _load_weights(self, tensors: dict[str, torch.Tensor], folder: Path) -> None:
+        model = self.acc.unwrap_model(self.model)
+        if fsdp.active(self.acc):
+            fsdp.load_local_parameters(model, tensors, str(folder))
+        else:
+            model.load_state_dict(tensors, strict=False)
+
     def restore(self, folder: Path) -> None:
         """Load weights, optimisers, schedules, RNG and loop position from a verified checkpoint."""
-        tensors, objects, state = ckpt.load_checkpoint(folder)
+        tensors, objects, state = self._read(folder)
         model = self.acc.unwrap_model(self.model)
         missing = set(self.candidates) - set(tensors)
         if missing:
             raise RunError(f"{folder}: checkpoint lacks {len(missing)} trained parameters (e.g. {sorted(missing)[:3]}); "
                            "was it written by a different recipe?")
-        model.load_state_dict(tensors, strict=False)
+        self._load_weights(tensors, folder)
+        if fsdp.active(self.acc) and "optimizer" in objects:  # one optimiser: a task owning its step is refused
+            fsdp.redistribute(self.optimizers["model"], objects["optimizer"])
         load_optimizer_objects(self.optimizers, self.schedulers, objects, str(folder))
         ckpt.set_rng_state(objects["rng"])
         saved = LoopState(**state)
@@ -154,8 +182,19 @@ class Trainer:
         """Put the best checkpoint's weights back (the final model is the best one, not the last)."""
         if self.state.best_step is None or self.state.best_step == self.state.step:
             return
-        tensors, _, _ = ckpt.load_checkpoint(self.ckpt_dir / f"step-{self.state.best_step:07d}")
-        self.acc.unwrap_model(self.model).load_state_dict(tensors, strict=False)
+        folder = self.ckpt_dir / f"step-{self.state.best_step:07d}"
+        self._load_weights(self._read(folder)[0], folder)
+
+    def plain_model(self, rebuild: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+        """The trained model as an ordinary module on every process, for evaluation and final/: the model itself,
+        or under FSDP a fresh build (``rebuild``) holding the gathered weights. Every process calls it."""
+        model = self.acc.unwrap_model(self.model)
+        if not fsdp.active(self.acc):
+            return model
+        full = fsdp.full_state(model)
+        plain = rebuild()
+        plain.load_state_dict(full)
+        return plain
 
     # ---- one step ------------------------------------------------------------------------------------------------
     def step(self, batch_ids: list[int]) -> float:
