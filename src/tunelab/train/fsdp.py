@@ -38,7 +38,17 @@ def before_model_load() -> None:
 
 
 def enable(acc: Accelerator) -> None:
-    """Make FSDP2 the distributed type when it was asked for, on a CPU too; refuse FSDP version 1."""
+    """Make FSDP2 the distributed type when it was asked for, on a CPU too; refuse FSDP version 1, and DeepSpeed
+    where Accelerate would quietly run plain data parallel instead (on a CPU) or where tunelab's checkpoints would
+    hold no weights (ZeRO stage 3 partitions them; only FSDP's shards are saved per process)."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        stage = getattr(getattr(acc.state, "deepspeed_plugin", None), "zero_stage", None)
+        why = ("DeepSpeed did not start: on a CPU Accelerate falls back to plain data parallel"
+               if acc.distributed_type != DistributedType.DEEPSPEED else
+               "ZeRO stage 3 partitions the weights, and tunelab's checkpoints would not hold them" if stage == 3 else "")
+        if why:
+            raise RunError(f"accelerate launch --use_deepspeed: {why}. Shard with --use_fsdp --fsdp_version 2, or on "
+                           "GPUs use --zero_stage 1 or 2 (not tested with tunelab)")
     if not requested():
         return
     state = acc.state
