@@ -116,3 +116,15 @@ def test_fsdp2_killed_after_sharded_checkpoint_resumes_exactly(tmp_path: Path, n
     reference0, reference1 = shards(whole / "checkpoints" / "step-0000030")
     assert_close(rank0, reference0, atol=0.0)
     assert_close(rank1, reference1, atol=0.0)
+
+
+def test_fsdp2_refuses_the_frozen_feature_cache(tmp_path: Path, nodrop_bert_dir: Path,  # noqa: F811
+                                                toy_csv: Path) -> None:
+    """The cache runs part of the model outside the sharded forward: refused by its setting's name, not trained."""
+    recipe = make_recipe(tmp_path, nodrop_bert_dir, toy_csv,
+                         strategy={"method": "feature_extraction", "cache_features": True})
+    done = subprocess.run(fsdp_command(str(recipe), "--name", "cached"), env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "strategy.cache_features" in done.stdout + done.stderr and "not supported under FSDP" in done.stdout + done.stderr
+    assert not (tmp_path / "runs" / "cached" / "checkpoints").exists()
