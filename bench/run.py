@@ -1,12 +1,14 @@
 """tunelab against the plain transformers Trainer on the same work: one command, every side, one table.
 
-    .venv/bin/python bench/run.py                      # every scenario (about 15-20 min on 2 idle cores)
+    .venv/bin/python bench/run.py                      # every scenario (about 35-40 min on 2 idle cores)
     .venv/bin/python bench/run.py --only full,lora     # some of them
     .venv/bin/python bench/run.py --train-rows 256 --causal-steps 4 --no-save   # a quick smoke run
 
 Each side of each scenario runs in its own process (so peak RSS is its own): tunelab, then the Trainer script as a
-typical user writes it, then the same script tuned (length-grouped batches, threads, workers). The generation
-scenario (``--only generation``) generates for the same prompts through tunelab and through PeftModel + generate.
+typical user writes it, then the same script tuned (length-grouped batches, threads, workers; not for the image
+scenarios, whose images all have one size). The generation scenario (``--only generation``) generates for the same
+prompts through tunelab and through PeftModel + generate; the scaling sweep (``--only scaling``, scaling.py) records
+how examples/s and peak RSS grow as training rows and sequence length double, with plots.
 A float32 matmul measured at the start and the end gives the machine's practical ceiling for the MFU column.
 Results are printed and written to bench/results/<date>.md with the machine description.
 """
@@ -18,25 +20,29 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import generation_side
+import scaling
+import scaling_report
 from common import (
     BENCH,
     Result,
     load_average,
     matmul_gflops,
+    run_script,
     scenarios,
     write_causal_data,
     write_classification_data,
     write_generation_data,
+    write_image_data,
     write_model_folders,
 )
 
 TARGETS = {"full": 1.2, "lora": 1.2, "freeze": 3.0, "feature_extraction": 10.0, "causal_lora": 1.2}
+IMAGE_SCENARIOS = {"image", "image_fe"}  # no tuned side: every image has one size, and threads are the default's
 
 
 # each side: (script, extra arguments, result file suffix)
@@ -49,16 +55,9 @@ def run_side(side: str, scenario: str, work: Path, args: argparse.Namespace) -> 
     script, extra, suffix = SIDES[side]
     if side == "tuned":
         extra = [*extra, "--workers", str(args.tuned_workers)]
-    log = work / f"{scenario}-{suffix}.log"
-    command = [sys.executable, str(BENCH / script), scenario, "--work", str(work),
-               "--train-rows", str(args.train_rows), "--causal-steps", str(args.causal_steps), *extra]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    with log.open("w") as handle:
-        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=BENCH)
-    if done.returncode:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
-        raise SystemExit(f"{script} {scenario} failed (exit {done.returncode}); end of {log}:\n{tail}")
-    return Result.load(work / f"{scenario}-{suffix}.json")
+    arguments = [scenario, "--work", str(work), "--train-rows", str(args.train_rows),
+                 "--causal-steps", str(args.causal_steps), *extra]
+    return run_script(script, arguments, work / f"{scenario}-{suffix}.log", work / f"{scenario}-{suffix}.json")
 
 
 def best(results: list[Result]) -> Result:
@@ -93,21 +92,27 @@ def speed(t: Result, h: Result) -> float:
     return (t.examples / t.seconds) / (h.examples / h.seconds)
 
 
-def row(title: str, t: Result, h: Result, g: Result, peak: float) -> list[str]:
-    """One table row: tunelab / default Trainer script / tuned Trainer script, and tunelab's ratios to each."""
+def row(title: str, t: Result, h: Result, g: Result | None, peak: float) -> list[str]:
+    """One table row: tunelab / default Trainer script / tuned Trainer script, and tunelab's ratios to each; '-'
+    where a scenario has no tuned side (images) or no tokens (images)."""
     mib = 2**20
     mfu = lambda r: 100 * r.flops / r.seconds / (peak * 1e9)  # noqa: E731
-    three = lambda f, fmt: " / ".join(format(f(r), fmt) for r in (t, h, g))  # noqa: E731
+
+    def three(f: object, fmt: str) -> str:
+        return " / ".join("-" if r is None else format(f(r), fmt) for r in (t, h, g))  # type: ignore[operator]
+
+    cpu = lambda r: (t.examples / t.cpu_seconds) / (r.examples / r.cpu_seconds)  # noqa: E731
+    tokens = t.padded_tokens > 0
     return [
         title,
         three(lambda r: r.examples / r.seconds, ".1f"),
         f"**{speed(t, h):.2f}x**",
-        f"**{speed(t, g):.2f}x**",
-        f"{(t.examples / t.cpu_seconds) / (h.examples / h.cpu_seconds):.2f}x / "
-        f"{(t.examples / t.cpu_seconds) / (g.examples / g.cpu_seconds):.2f}x",
-        three(lambda r: r.tokens / r.seconds, ".0f"),
-        three(lambda r: r.tokens / r.padded_tokens, ".0%"),
-        three(lambda r: r.peak_rss_bytes / mib, ".0f") + f" MiB ({t.peak_rss_bytes / g.peak_rss_bytes:.2f}x tuned)",
+        f"**{speed(t, g):.2f}x**" if g else "-",
+        f"{cpu(h):.2f}x / " + (f"{cpu(g):.2f}x" if g else "-"),
+        three(lambda r: r.tokens / r.seconds, ".0f") if tokens else "- (images)",
+        three(lambda r: r.tokens / r.padded_tokens, ".0%") if tokens else "-",
+        three(lambda r: r.peak_rss_bytes / mib, ".0f") + " MiB" + (
+            f" ({t.peak_rss_bytes / g.peak_rss_bytes:.2f}x tuned)" if g else f" ({t.peak_rss_bytes / h.peak_rss_bytes:.2f}x)"),
         three(lambda r: r.metric, ".4f") + f" ({t.metric_name})",
         three(mfu, ".1f") + " %",
         three(lambda r: r.seconds, ".0f") + " s",
@@ -124,13 +129,16 @@ def table(rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def report(results: dict[str, tuple[Result, Result, Result]], specs: dict, peaks: list[float], loads: list[str],
-           args: argparse.Namespace, started: datetime.datetime, generation: dict | None = None) -> str:
+def report(results: dict[str, tuple[Result, Result, Result | None]], specs: dict, peaks: list[float],
+           loads: list[str], args: argparse.Namespace, started: datetime.datetime, generation: dict | None = None,
+           scaling_lines: list[str] | None = None) -> str:
     peak = max(peaks)
     rows = [row(specs[name].title, t, h, g, peak) for name, (t, h, g) in results.items()]
     verdicts = []
     for name, (t, h, g) in results.items():
-        target = TARGETS[name]
+        target = TARGETS.get(name)
+        if target is None:  # the image scenarios have no target in issue #16
+            continue
         parts = []
         for label, other in (("the Trainer", h), ("the tuned Trainer", g)):
             ratio = speed(t, other)
@@ -139,10 +147,11 @@ def report(results: dict[str, tuple[Result, Result, Result]], specs: dict, peaks
         verdicts.append(f"- {name}, target {target}x: " + ", ".join(parts))
     settings = []
     for name, (t, h, g) in results.items():
-        settings.append(f"- {name}: tunelab {json.dumps(t.settings)}; Trainer {json.dumps(h.settings)}; tuned "
-                        f"Trainer {json.dumps(g.settings)}; load average before/after tunelab {t.load_before} / "
-                        f"{t.load_after}, Trainer {h.load_before} / {h.load_after}, tuned Trainer {g.load_before} / "
-                        f"{g.load_after}")
+        tuned = "" if g is None else f"; tuned Trainer {json.dumps(g.settings)}"
+        tuned_load = "" if g is None else f", tuned Trainer {g.load_before} / {g.load_after}"
+        settings.append(f"- {name}: tunelab {json.dumps(t.settings)}; Trainer {json.dumps(h.settings)}{tuned}; load "
+                        f"average before/after tunelab {t.load_before} / {t.load_after}, Trainer {h.load_before} / "
+                        f"{h.load_after}{tuned_load}")
         settings += [f"  - {note}" for note in specs[name].notes]
     return "\n".join([
         f"# Bench {started:%Y-%m-%d %H:%M}",
@@ -153,7 +162,8 @@ def report(results: dict[str, tuple[Result, Result, Result]], specs: dict, peaks
         f"float32 matmul ({args.matmul_size}x{args.matmul_size}) at start / end: "
         f"{peaks[0]:.1f} / {peaks[1]:.1f} GFLOP/s; MFU divides by the higher.",
         f"Data: Rotten Tomatoes subset, {args.train_rows} train / {args.validation_rows} validation rows; "
-        f"causal LM: tech-support chats, {args.causal_train_rows} train / {args.causal_validation_rows} validation.",
+        f"causal LM: tech-support chats, {args.causal_train_rows} train / {args.causal_validation_rows} validation; "
+        f"images: scikit-learn digits, {args.image_train_rows} train / {args.image_validation_rows} validation.",
         f"Command: `{' '.join(['python', *sys.argv])}`" + (
             f"; each side ran {args.repeat} times (A B B A ...) and its fastest run counts (all times under Settings)"
             if args.repeat > 1 else ""),
@@ -177,6 +187,7 @@ def report(results: dict[str, tuple[Result, Result, Result]], specs: dict, peaks
             generation_side.table(generation),
             "",
         ]),
+        *(scaling_lines or []),
         "## Targets",
         *verdicts,
         "",
@@ -203,24 +214,32 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="keep data, runs, logs and per-side results here (default: a temp dir)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per side (even: A B B A order); the fastest counts")
     parser.add_argument("--no-save", action="store_true", help="print only; write nothing under bench/results")
+    parser.add_argument("--image-train-rows", type=int, default=800, help="image scenarios: training digits")
+    parser.add_argument("--image-validation-rows", type=int, default=300, help="image scenarios: validation digits")
+    scaling.add_arguments(parser)
     args = parser.parse_args()
     specs = scenarios(args.train_rows, args.causal_steps)
-    chosen = [n for n in (args.only.split(",") if args.only else [*specs, "generation"]) if n]
-    unknown = [n for n in chosen if n not in specs and n != "generation"]
+    chosen = [n for n in (args.only.split(",") if args.only else [*specs, "generation", "scaling"]) if n]
+    unknown = [n for n in chosen if n not in specs and n not in ("generation", "scaling")]
     if unknown:
-        raise SystemExit(f"unknown scenario(s) {unknown}; choose from {', '.join(specs)}")
+        raise SystemExit(f"unknown scenario(s) {unknown}; choose from {', '.join([*specs, 'generation', 'scaling'])}")
     started = datetime.datetime.now()
     loads = [load_average()]
     peaks = [matmul_gflops(args.matmul_size)]
-    results: dict[str, tuple[Result, Result, Result]] = {}
+    results: dict[str, tuple[Result, Result, Result | None]] = {}
+    scaling_lines: list[str] = []
+    say = lambda text: print(f"[{datetime.datetime.now():%H:%M:%S}] {text}", flush=True)  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="tunelab-bench-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         write_classification_data(work, args.train_rows, args.validation_rows)
         if "causal_lora" in chosen:
             write_causal_data(work, args.causal_train_rows, args.causal_validation_rows)
+        if IMAGE_SCENARIOS & set(chosen):
+            write_image_data(work, args.image_train_rows, args.image_validation_rows)
         write_model_folders(work, {specs[name].model for name in chosen if name in specs} | (
-            {generation_side.CAUSAL_MODEL} if "generation" in chosen else set()))
+            {generation_side.CAUSAL_MODEL} if "generation" in chosen else set()) | (
+            scaling.trainer_models(args) if "scaling" in chosen else set()))
         generation = None
         if "generation" in chosen:
             write_generation_data(work, args.generation_prompts, args.adapter)
@@ -231,18 +250,23 @@ def main() -> None:
             generation["adapter"] = str(args.adapter) if args.adapter else "seeded random r=16, all projections"
             print(generation_side.table(generation), flush=True)
         for name in [n for n in chosen if n in specs]:
-            sides = list(SIDES)
+            sides = [s for s in SIDES if not (name in IMAGE_SCENARIOS and s == "tuned")]
             runs: dict[str, list[Result]] = {side: [] for side in sides}
             for i in range(args.repeat):
                 for side in sides if i % 2 == 0 else sides[::-1]:  # A B C, then C B A: drift in load cancels
-                    print(f"[{datetime.datetime.now():%H:%M:%S}] {name}: {side} ...", flush=True)
+                    say(f"{name}: {side} ...")
                     runs[side].append(run_side(side, name, work, args))
-            t, h, g = (best(runs[side]) for side in sides)
+            t, h, g = (best(runs[side]) if side in runs else None for side in SIDES)
             results[name] = (t, h, g)
             print(table([row(specs[name].title, t, h, g, max(peaks))]).splitlines()[-1], flush=True)
+        if "scaling" in chosen:
+            found = scaling.run(args.scaling_sweeps.split(","), set(args.scaling_trainer.split(",")), args, work, say)
+            out = work if args.no_save else BENCH / "results"
+            scaling_lines = scaling_report.section(found, scaling.titles(args), out, f"{started:%Y-%m-%d}")
+            print("\n".join(scaling_lines), flush=True)
     peaks.append(matmul_gflops(args.matmul_size))
     loads.append(load_average())
-    text = report(results, specs, peaks, loads, args, started, generation)
+    text = report(results, specs, peaks, loads, args, started, generation, scaling_lines)
     print("\n" + text)
     if not args.no_save:
         out = BENCH / "results" / f"{started:%Y-%m-%d}.md"

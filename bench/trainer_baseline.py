@@ -32,6 +32,7 @@ from common import (
     peak_rss_bytes,
     read_jsonl,
     scenarios,
+    steady_rate,
 )
 
 
@@ -52,9 +53,14 @@ def build(s: Scenario, work: Path) -> tuple[Any, Any, Any, Any, Any]:
     )
 
     folder = model_folder(s.model, work)
+    if s.task == "image_classification":
+        import trainer_image
+
+        model, train, validation, collator = trainer_image.build(s, folder, work)
+        return model, None, train, validation, collator
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if s.task == "classification":
-        files = {split: str(work / f"sentiment-{split}.jsonl") for split in ("train", "validation")}
+        files = {split: str(work / f"{s.data_stem}-{split}.jsonl") for split in ("train", "validation")}
         raw = load_dataset("json", data_files=files)
         ids = {name: i for i, name in enumerate(LABELS)}
 
@@ -69,8 +75,8 @@ def build(s: Scenario, work: Path) -> tuple[Any, Any, Any, Any, Any]:
         collator = DataCollatorWithPadding(tokenizer)
         return model, tokenizer, data["train"], data["validation"], collator
     # causal LM: the exact token ids and answer-only labels tunelab's task made (see common.write_causal_data)
-    train = Dataset.from_list(read_jsonl(work / "support-train-tokens.jsonl"))
-    validation = Dataset.from_list(read_jsonl(work / "support-validation-tokens.jsonl"))
+    train = Dataset.from_list(read_jsonl(work / f"{s.data_stem}-train-tokens.jsonl"))
+    validation = Dataset.from_list(read_jsonl(work / f"{s.data_stem}-validation-tokens.jsonl"))
     model = AutoModelForCausalLM.from_pretrained(folder)
     collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
     return model, tokenizer, train, validation, collator
@@ -99,17 +105,19 @@ def apply_strategy(s: Scenario, model: Any) -> Any:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario")
+    parser.add_argument("scenario", help="a scenario of common.scenarios, or a JSON file written by Scenario.save")
     parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--train-rows", type=int, required=True)
-    parser.add_argument("--causal-steps", type=int, required=True)
+    parser.add_argument("--train-rows", type=int, default=0)
+    parser.add_argument("--causal-steps", type=int, default=0)
     parser.add_argument("--tuned", action="store_true", help="length-grouped batches, threads, workers")
     parser.add_argument("--workers", type=int, default=0, help="with --tuned: dataloader_num_workers")
     args = parser.parse_args()
-    s = scenarios(args.train_rows, args.causal_steps)[args.scenario]
+    s = (Scenario.load(Path(args.scenario)) if args.scenario.endswith(".json")
+         else scenarios(args.train_rows, args.causal_steps)[args.scenario])
+    images = s.task == "image_classification"
 
     import numpy as np
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
     from transformers.utils import logging
 
     logging.set_verbosity_error()
@@ -118,20 +126,30 @@ def main() -> None:
         import psutil
 
         torch.set_num_threads(psutil.cpu_count(logical=False) or torch.get_num_threads())
-        tuned = {"train_sampling_strategy": "group_by_length", "dataloader_num_workers": args.workers,
-                 "dataloader_persistent_workers": args.workers > 0}
+        tuned = {"dataloader_num_workers": args.workers, "dataloader_persistent_workers": args.workers > 0}
+        if not images:  # every image has the same size: nothing to group
+            tuned["train_sampling_strategy"] = "group_by_length"
     set_seed(SEED)
     model, tokenizer, train, validation, collator = build(s, args.work)
-    model = apply_strategy(s, model)
-    seen = {"examples": 0, "tokens": 0, "padded": 0}
+    model = model if images else apply_strategy(s, model)  # trainer_image.build froze what it must
+    seen: dict[str, Any] = {"examples": 0, "tokens": 0, "padded": 0, "step_examples": [], "step_ends": []}
 
     class CountingTrainer(Trainer):
         def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
-            mask = inputs["attention_mask"]
-            seen["examples"] += mask.shape[0]
-            seen["tokens"] += int(mask.sum())
-            seen["padded"] += mask.numel()
+            rows = len(inputs["labels"])
+            seen["examples"] += rows
+            seen["step_examples"].append(rows)  # one micro-batch per step: no gradient accumulation here
+            if "attention_mask" in inputs:
+                mask = inputs["attention_mask"]
+                seen["tokens"] += int(mask.sum())
+                seen["padded"] += mask.numel()
             return super().training_step(model, inputs, num_items_in_batch)
+
+    class StepClock(TrainerCallback):
+        """The time each optimiser step ends (before any evaluation it triggers), for the steady rate."""
+
+        def on_step_end(self, *_: Any, **__: Any) -> None:
+            seen["step_ends"].append(time.perf_counter())
 
     def accuracy(prediction: Any) -> dict[str, float]:
         return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}
@@ -142,10 +160,10 @@ def main() -> None:
         output_dir=str(args.work / "hf" / s.name), per_device_train_batch_size=s.batch_size,
         per_device_eval_batch_size=64 if s.task == "classification" else 16, learning_rate=s.lr, weight_decay=0.01,
         warmup_steps=0.06, lr_scheduler_type="linear", max_grad_norm=1.0, seed=SEED, report_to="none", **schedule,
-        **tuned)
+        **tuned, **({"remove_unused_columns": False} if images else {}))  # the images are made on access
     trainer = CountingTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=validation,
-                              data_collator=collator, processing_class=tokenizer,
-                              compute_metrics=accuracy if s.task == "classification" else None)
+                              data_collator=collator, processing_class=tokenizer, callbacks=[StepClock()],
+                              compute_metrics=None if s.task == "causal_lm" else accuracy)
     load_before = load_average()
     wall, cpu = time.perf_counter(), time.process_time()
     trainer.train()
@@ -153,20 +171,29 @@ def main() -> None:
     load_after = load_average()
 
     evals = [r for r in trainer.state.log_history if "eval_loss" in r]
-    if s.task == "classification":
+    if s.task != "causal_lm":
         metric_name, metric = "accuracy", evals[-1]["eval_accuracy"]
     else:  # the Trainer averages per-batch means; tunelab reports loss per answer token, so compute that here
         metric_name, metric = "loss", token_loss(trainer.model, validation, collator)
     side = "trainer-tuned" if args.tuned else "trainer"
+    if images:
+        import trainer_image
+
+        work = trainer_image.work(s, trainer.model, seen["examples"], len(validation), len(evals))
+        lengths = [0]
+    else:
+        work = flops(s, trainer.model, seen["tokens"], validation, len(evals))
+        lengths = [len(ids) for ids in train["input_ids"]]
     result = Result(side, s.name, seen["examples"], seen["tokens"], seen["padded"], seconds, cpu_seconds,
-                    peak_rss_bytes(), metric_name, float(metric),
-                    flops(s, trainer.model, seen["tokens"], validation, len(evals)),
+                    peak_rss_bytes(), metric_name, float(metric), work,
                     settings={"optim": str(training_args.optim.value), "train_sampling_strategy":
                               training_args.train_sampling_strategy, "dataloader_num_workers":
                               training_args.dataloader_num_workers, "torch_compile": training_args.torch_compile,
                               "save_strategy": str(training_args.save_strategy.value), "save_steps":
                               training_args.save_steps, "steps": trainer.state.global_step, "validation_passes": len(evals),
-                              "threads": torch.get_num_threads()},
+                              "threads": torch.get_num_threads(), "train_rows": len(train),
+                              "train_tokens_min_max": [min(lengths), max(lengths)],
+                              "steady_examples_per_s": steady_rate(seen["step_examples"], seen["step_ends"])},
                     load_before=load_before, load_after=load_after)
     result.save(args.work / f"{s.name}-{side}.json")
 

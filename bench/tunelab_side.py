@@ -13,7 +13,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import SEED, Result, Scenario, Work, block_shape, causal_recipe_data, load_average, peak_rss_bytes, scenarios
+from common import (
+    IMAGE_SPLITS,
+    SEED,
+    Result,
+    Scenario,
+    Work,
+    block_shape,
+    causal_recipe_data,
+    image_flops,
+    image_forward_flops,
+    load_average,
+    peak_rss_bytes,
+    scenarios,
+    steady_rate,
+)
 
 
 def recipe_for(s: Scenario, work: Path) -> dict[str, Any]:
@@ -27,41 +41,51 @@ def recipe_for(s: Scenario, work: Path) -> dict[str, Any]:
         "name": f"bench-{s.name}", "seed": SEED, "model": {"name": s.model}, "strategy": s.strategy,
         "optim": {"weight_decay": 0.01, "head_lr": s.lr}, "train": train, "output": {"dir": str(work / "runs")},
     }
+    accuracy = {"metric": "accuracy", "before": False, "batch_size": s.eval_batch_size}
     if s.task == "classification":
-        raw["task"] = {"type": "classification", "max_length": s.max_length, "truncation": True}
-        raw["data"] = {"train": str(work / "sentiment-train.jsonl"), "validation": str(work / "sentiment-validation.jsonl"),
-                       "test": str(work / "sentiment-test.jsonl")}
-        raw["eval"] = {"metric": "accuracy", "before": False, "batch_size": 64}
+        raw["task"] = {"type": "classification", "max_length": s.max_length, "truncation": True, **s.task_options}
+        raw["data"] = {split: str(work / f"{s.data_stem}-{split}.jsonl") for split in ("train", "validation", "test")}
+        raw["eval"] = accuracy
+    elif s.task == "image_classification":  # the PNG folders written by common.write_image_data
+        raw["task"] = {"type": "image_classification", **s.task_options}
+        raw["data"] = {split: str(work / s.data_stem / split) for split in IMAGE_SPLITS}
+        raw["eval"] = accuracy
     else:
-        raw |= causal_recipe_data(work)
-        raw["eval"] = {"metric": "loss", "mode": "min", "before": False, "batch_size": 16}
+        raw |= causal_recipe_data(work, s.data_stem, s.max_length, s.task_options)
+        raw["eval"] = {"metric": "loss", "mode": "min", "before": False, "batch_size": s.eval_batch_size}
         raw["generate"] = {"max_new_tokens": 8, "samples": 1}
     return raw
 
 
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario")
+    parser.add_argument("scenario", help="a scenario of common.scenarios, or a JSON file written by Scenario.save")
     parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--train-rows", type=int, required=True)
-    parser.add_argument("--causal-steps", type=int, required=True)
+    parser.add_argument("--train-rows", type=int, default=0)
+    parser.add_argument("--causal-steps", type=int, default=0)
     args = parser.parse_args()
-    s = scenarios(args.train_rows, args.causal_steps)[args.scenario]
+    s = (Scenario.load(Path(args.scenario)) if args.scenario.endswith(".json")
+         else scenarios(args.train_rows, args.causal_steps)[args.scenario])
 
     from tunelab import api
     from tunelab.recipe import parse_recipe
     from tunelab.train.loop import Trainer
 
-    seen = {"examples": 0, "tokens": 0, "padded": 0, "seconds": 0.0, "cpu": 0.0, "trainer": None}
+    seen: dict[str, Any] = {"examples": 0, "tokens": 0, "padded": 0, "seconds": 0.0, "cpu": 0.0, "trainer": None,
+                            "step_examples": [], "step_ends": []}
     original_step, original_fit = Trainer.step, Trainer.fit
 
     def counted_step(self: Trainer, ids: list[int]) -> float:
-        lengths = [len(self.train_features[i]["input_ids"]) for i in ids]
+        lengths = [len(self.train_features[i].get("input_ids", ())) for i in ids]  # images have no tokens: 0
         micro = -(-len(ids) // self.recipe.train.grad_accum)
         seen["examples"] += len(ids)
         seen["tokens"] += sum(lengths)
         seen["padded"] += sum(max(lengths[k : k + micro]) * len(lengths[k : k + micro]) for k in range(0, len(ids), micro))
-        return original_step(self, ids)
+        loss = original_step(self, ids)
+        seen["step_examples"].append(len(ids))
+        seen["step_ends"].append(time.perf_counter())
+        return loss
 
     def timed_fit(self: Trainer, log: Any) -> Any:
         seen["trainer"] = self
@@ -81,16 +105,30 @@ def main() -> None:
     trainer = seen["trainer"]
     summary = json.loads((run_dir / "summary.json").read_text())
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    metric_name = "accuracy" if s.task == "classification" else "loss"
+    metric_name = "loss" if s.task == "causal_lm" else "accuracy"
     evals = [r for r in records if r.get("split") == "validation"]
+    lengths = [len(f.get("input_ids", ())) for f in trainer.train_features]
+    work = (image_work(s, trainer, seen["examples"], len(evals)) if s.task == "image_classification"
+            else flops(s, trainer, seen["tokens"], len(evals)))
     result = Result("tunelab", s.name, seen["examples"], seen["tokens"], seen["padded"], seen["seconds"], seen["cpu"],
-                    peak_rss_bytes(), metric_name, float(evals[-1][metric_name]),
-                    flops(s, trainer, seen["tokens"], len(evals)),
+                    peak_rss_bytes(), metric_name, float(evals[-1][metric_name]), work,
                     settings={"speedups": summary["speedups"], "group_by_length": trainer.recipe.train.group_by_length,
                               "optimizer": "torch AdamW, fused", "steps": summary["steps"],
-                              "validation_passes": len(evals)},
+                              "validation_passes": len(evals), "train_rows": len(lengths),
+                              "train_tokens_min_max": [min(lengths), max(lengths)],
+                              "steady_examples_per_s": steady_rate(seen["step_examples"], seen["step_ends"])},
                     load_before=load_before, load_after=load_after)
     result.save(args.work / f"{s.name}-tunelab.json")
+
+
+def image_work(s: Scenario, trainer: Any, train_images: int, passes: int) -> float:
+    """Useful FLOPs of an image run's fit window: with the head cache, one backbone pass over the training and
+    validation images (the head's own FLOPs are negligible); otherwise every step and every validation pass."""
+    forward = image_forward_flops(trainer.acc.unwrap_model(trainer.model), s.task_options["image_size"])
+    validation = len(trainer.val_features)
+    if trainer.cache:
+        return image_flops(forward, train_images // passes, validation, backward=False)
+    return image_flops(forward, train_images, validation * passes, backward=s.strategy["method"] != "feature_extraction")
 
 
 def flops(s: Scenario, trainer: Any, train_tokens: int, passes: int) -> float:
