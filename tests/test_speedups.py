@@ -168,12 +168,35 @@ def test_threads_follow_the_recipe_and_default_to_the_cores(monkeypatch: pytest.
     from tunelab.train import speed
 
     before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     try:
         assert speed.set_threads(1) == 1 and torch.get_num_threads() == 1
         monkeypatch.setenv("LOCAL_WORLD_SIZE", str(speed.usable_cores() * 2))  # more processes than cores
         assert speed.set_threads(None) == 1
         monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
         assert speed.set_threads(None) == speed.usable_cores() == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_single_process_follows_omp_num_threads_and_a_launched_one_shares_the_cores(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """OMP_NUM_THREADS is the user's word for one process; under torchrun (which sets it to 1 when unset) the cores
+    are shared out instead; the recipe's train.threads beats both."""
+    from tunelab.train import speed
+
+    before = torch.get_num_threads()
+    cores = speed.usable_cores()
+    try:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+        monkeypatch.setenv("OMP_NUM_THREADS", str(cores + 3))  # a count no default gives
+        assert speed.set_threads(None) == cores + 3 == torch.get_num_threads()
+        assert speed.set_threads(2) == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "many")  # not a count: ignored
+        assert speed.set_threads(None) == cores
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        assert speed.set_threads(None) == max(1, cores // 2)
     finally:
         torch.set_num_threads(before)
 

@@ -113,8 +113,9 @@ class TrainConfig(Strict):
     log_every: int = Field(10, gt=0)
     compile: bool = Field(False, description="torch.compile the model in place. Off by default: on a 2-core CPU it "
                           "took minutes to compile and gained nothing (bench/README.md); try it on a GPU.")
-    threads: int | None = Field(None, gt=0, description="CPU threads per process (default: the physical cores "
-                                "shared out among the processes on this machine).")
+    threads: int | None = Field(None, gt=0, description="CPU threads per process (default: OMP_NUM_THREADS "
+                                "for a single process when set, else the physical cores shared out among the "
+                                "processes on this machine).")
     release_memory: bool = Field(True, description="Linux/glibc: return freed tensors of 1 MiB or more to the OS at "
                                  "once (lower peak memory; a page fault per large allocation).")
     chunked_loss: bool = Field(True, description="causal_lm: the output layer and cross-entropy run in chunks over "

@@ -2,7 +2,8 @@
 
 Threads: torch starts one intra-op thread per physical core, which is right for one process, but several processes
 on one machine (``accelerate launch --num_processes 2``) would each start that many and fight over the cores; we
-share the cores out. The chosen count is written to the summary, so a slow run shows what it had.
+share the cores out. A single process follows OMP_NUM_THREADS when the user set it (on a machine shared with other
+jobs fewer threads than cores run faster). The chosen count is written to the summary, so a slow run shows what it had.
 
 Allocator: glibc serves a large allocation from the heap once a chunk that size was freed (its mmap threshold grows
 up to 32 MiB), and a heap returns memory to the OS only from its top, so activations freed every step stay resident
@@ -32,10 +33,20 @@ def usable_cores() -> int:
     return max(1, min(physical, allowed))
 
 
+def omp_threads() -> int | None:
+    """OMP_NUM_THREADS when it names a positive count (the user's word on a shared machine), else None."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 def set_threads(requested: int | None) -> int:
-    """Set torch's intra-op threads to the recipe's ``train.threads``, else the cores per local process; returns it."""
+    """Set torch's intra-op threads to the recipe's ``train.threads``; else, in a single process, OMP_NUM_THREADS
+    when set (as torch itself does); else the cores per local process. Returns the count.
+
+    Under a launcher (LOCAL_WORLD_SIZE > 1) OMP_NUM_THREADS is not followed: torchrun sets it to 1 whenever it is
+    unset, which would leave all but one core per process idle; the cores are shared out instead."""
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    threads = requested or max(1, usable_cores() // local)
+    threads = requested or (omp_threads() if local == 1 else None) or max(1, usable_cores() // local)
     torch.set_num_threads(threads)
     return threads
 
