@@ -202,7 +202,13 @@ def test_a_single_process_follows_omp_num_threads_and_a_launched_one_shares_the_
 
 
 def test_allocator_setting_is_switchable(tmp_path: Path, tiny_bert_dir: Path, toy_csv: Path) -> None:
+    """On by default, off by the recipe; a task may default it off (image classification), the recipe still wins."""
     from tunelab.train import speed
+    from tunelab.tasks.image_classification import ImageClassificationTask
+    from tunelab.tasks.classification import ClassificationTask
+
+    assert ImageClassificationTask.release_memory_default is False
+    assert getattr(ClassificationTask, "release_memory_default", True) is True
 
     model = torch.nn.Linear(2, 2)
     threads = torch.get_num_threads()
@@ -212,6 +218,9 @@ def test_allocator_setting_is_switchable(tmp_path: Path, tiny_bert_dir: Path, to
         on = load_recipe(make_recipe(tmp_path, tiny_bert_dir, toy_csv))
         glibc = speed.release_large_frees()  # False where libc has no mallopt (macOS, musl)
         assert ("allocator" in speed.configure(on, model)) == glibc
+        assert "allocator" not in speed.configure(on, model, release_by_default=False)  # an image task's default
+        forced = load_recipe(make_recipe(tmp_path, tiny_bert_dir, toy_csv, train={"release_memory": True}))
+        assert ("allocator" in speed.configure(forced, model, release_by_default=False)) == glibc
     finally:
         torch.set_num_threads(threads)
 
