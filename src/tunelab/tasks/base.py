@@ -66,8 +66,6 @@ class Task(Protocol):
 
     name: str
     model: torch.nn.Module | None  # the trained model, once loaded from final/
-    # optional ``release_memory_default: bool`` (True when absent): train.release_memory when the recipe leaves it
-    # unset; False where the page faults cost more than the memory saved (image classification)
 
     @classmethod
     def load(cls, final_dir: Path, recipe: Any, info: dict[str, Any]) -> Task:

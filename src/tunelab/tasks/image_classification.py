@@ -54,9 +54,6 @@ class ImageClassificationTask(Labelled):
     """Classify images into the labels seen in training."""
 
     name = "image_classification"
-    # a CNN step allocates and frees many large activations: returning each to the OS made training 1.75x slower
-    # for 13% less peak memory (docs/defaults.md)
-    release_memory_default = False
 
     def __init__(self, recipe: Any, preprocessing: vision.Preprocessing | None = None,
                  hf_processor: Any = None) -> None:

@@ -115,8 +115,7 @@ class Trainer:
         self.state = LoopState(data=dict(data_fingerprint or {}))
         self.stop_requested = False
         self.cache: feature_cache.Cache | None = None  # built in fit(): its time is training time
-        self.speedups = speed.configure(recipe, accelerator.unwrap_model(self.model),  # what each did, for the summary
-                                        getattr(task, "release_memory_default", True))
+        self.speedups = speed.configure(recipe, accelerator.unwrap_model(self.model))  # what each did, for the summary
 
     # ---- checkpoints -------------------------------------------------------------------------------------------
     def save(self) -> Path:

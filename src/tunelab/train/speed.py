@@ -8,9 +8,9 @@ jobs fewer threads than cores run faster). The chosen count is written to the su
 Allocator: glibc serves a large allocation from the heap once a chunk that size was freed (its mmap threshold grows
 up to 32 MiB), and a heap returns memory to the OS only from its top, so activations freed every step stay resident
 and fragment. A fixed threshold sends every tensor of 1 MiB or more to mmap, which gives it back on free: in the
-bench this lowered peak RSS by ~70 MiB on MiniLM, at the cost of a page fault per large allocation (under 1% of a
-step). A CNN frees far more large tensors per step: there it cost 1.75x the training time, so image classification
-leaves it off unless the recipe turns it on. The setting is process-wide and stays once made.
+bench this lowered peak RSS by ~70 MiB on MiniLM, but the page fault per large allocation made full fine-tuning
+1.2x slower there and a CNN 1.75x slower (docs/defaults.md), so it is off unless the recipe turns it on
+(``train.release_memory``). The setting is process-wide and stays once made.
 """
 
 from __future__ import annotations
@@ -68,12 +68,10 @@ def release_large_frees() -> bool:
         return False
 
 
-def configure(recipe: Recipe, model: nn.Module, release_by_default: bool = True) -> dict[str, str]:
-    """Apply the recipe's speed settings to this process and model; returns what was done, for the summary.
-    ``release_by_default``: the task's choice of ``train.release_memory`` when the recipe leaves it unset."""
+def configure(recipe: Recipe, model: nn.Module) -> dict[str, str]:
+    """Apply the recipe's speed settings to this process and model; returns what was done, for the summary."""
     done = {"threads": f"{set_threads(recipe.train.threads)} intra-op threads"}
-    release = recipe.train.release_memory if recipe.train.release_memory is not None else release_by_default
-    if release and release_large_frees():
+    if recipe.train.release_memory and release_large_frees():
         done["allocator"] = "glibc mmap threshold fixed at 1 MiB: freed tensors return to the OS"
     if recipe.train.compile:
         model.compile()  # in place: parameter names, checkpoints and saving stay as they are
