@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import mmap
 import time
 import warnings
 
@@ -150,11 +151,18 @@ def test_drift_accepts_snapshot_and_rejects_shape_change() -> None:
 
 
 def test_rss_sampler_sees_allocation() -> None:
+    """An allocation that lives a while is seen. The block is a fresh anonymous mapping with every page touched: a
+    malloc'd block may reuse pages an earlier test freed but glibc kept resident, which would not raise RSS. On a
+    loaded machine the sampler thread may be late, so the block lives until it is sampled, for at most 10 s."""
     size = 200 * 1024 * 1024
     with RssSampler() as sampler:
-        block = torch.ones(size // 4, dtype=torch.float32)  # touched pages, so they count in RSS
-        time.sleep(0.1)
-        del block
+        block = mmap.mmap(-1, size)
+        for offset in range(0, size, mmap.PAGESIZE):
+            block[offset] = 1
+        deadline = time.monotonic() + 10
+        while sampler.peak_above_baseline_bytes < 0.9 * size and time.monotonic() < deadline:
+            time.sleep(0.05)
+        block.close()
     assert sampler.baseline_bytes > 0
     assert sampler.peak_above_baseline_bytes >= 0.9 * size
     assert peak_rss_bytes() >= sampler.peak_bytes * 0.99
