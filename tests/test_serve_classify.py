@@ -207,7 +207,7 @@ def test_serve_command_refuses_bad_options_before_loading_anything(tmp_path: Pat
 
 @pytest.mark.slow
 def test_serve_command_listens_on_loopback_answers_and_stops_on_ctrl_c(classifier_run: Run) -> None:
-    env = {**os.environ, "TUNELAB_API_KEY": KEY, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "TUNELAB_API_KEY": KEY, "HF_HUB_OFFLINE": "1", "PYTHONFAULTHANDLER": "1"}
     process = subprocess.Popen([sys.executable, "-m", "tunelab", "serve", str(classifier_run), "--port", "0",
                                 "--threads", "1"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -220,7 +220,12 @@ def test_serve_command_listens_on_loopback_answers_and_stops_on_ctrl_c(classifie
         answer = httpx2.post(f"{url}/v1/classify", json={"inputs": ["fine"]}, headers={"Authorization": f"Bearer {KEY}"})
         assert answer.status_code == 200 and answer.json()["data"][0]["label"] in ("pos", "neg")
         process.send_signal(signal.SIGINT)
-        assert process.wait(60) == 0
+        try:
+            code = process.wait(60)
+        except subprocess.TimeoutExpired:  # PYTHONFAULTHANDLER: SIGABRT prints every thread's stack
+            process.send_signal(signal.SIGABRT)
+            pytest.fail(f"serve did not stop within 60 s of Ctrl-C; its output and threads:\n{process.communicate(timeout=30)[0][-8000:]}")
+        assert code == 0
     finally:
         if process.poll() is None:
             process.kill()

@@ -7,6 +7,7 @@ import ipaddress
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -55,18 +56,22 @@ def uvicorn_server(app: FastAPI, access_log: bool) -> uvicorn.Server:
 
 def serve(app: FastAPI, sock: socket.socket, access_log: bool = True) -> None:
     """Serve in the foreground until Ctrl-C or SIGTERM, then stop gracefully: requests in flight are answered,
-    then the model thread ends. (uvicorn runs in a thread, so the signals stay ours: no re-raised Ctrl-C.)"""
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    then the model thread ends. (uvicorn runs in a thread, so the signals stay ours: no re-raised Ctrl-C.)
+
+    Both signals only record that a stop was asked: a KeyboardInterrupt raised between two bytecodes of
+    ``Thread.is_alive`` makes Python 3.11 release the running thread's state lock and mark it stopped (bpo-45274's
+    fix), after which the graceful join returns at once and the process can hang on its way out; and setting a
+    ``threading.Event`` from a handler can deadlock on the lock the interrupted ``wait`` holds."""
+    asked: list[int] = []
+    handlers = {number: signal.signal(number, lambda number, _frame: asked.append(number))
+                for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         with ServerThread(app, sock=sock, access_log=access_log) as running:
-            try:
-                while running.thread.is_alive() and not stop.wait(0.5):
-                    pass
-            except KeyboardInterrupt:
-                pass
+            while running.thread.is_alive() and not asked:
+                time.sleep(0.1)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, previous in handlers.items():
+            signal.signal(number, previous)
 
 
 class ServerThread:
