@@ -566,13 +566,16 @@ def test_recipe_from_a_valid_one_and_overrides(workdir: Path) -> None:
                 node = node.setdefault(part, {})
             node[path[-1]] = yaml.safe_load(json.dumps(value))
         resolved = recipe.model_dump(mode="json")
-        for path, _ in overrides:
+        for i, (path, _) in enumerate(overrides):
+            if any(path[:len(later)] == later for later, _ in overrides[i + 1:]):
+                continue  # a later override replaced this key or a section above it
             assert agrees(value_at(resolved, path), value_at(expected, path)), (path, value_at(resolved, path))
 
     check()
     TRIED["recipe random structures + --set"] += reached["tried"]
     substantial(reached["valid"], reached["tried"], 0.25, "made a valid recipe (its values were checked)")
-    substantial(reached["refused a valid recipe's overrides"], reached["tried"], 0.25,
+    # The shares move with the draw, which shifts whenever a recipe gains a key (22-30% seen): 20% is 60 inputs.
+    substantial(reached["refused a valid recipe's overrides"], reached["tried"], 0.2,
                 "were refused with the blame checked")
 
 
