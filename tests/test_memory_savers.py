@@ -59,13 +59,14 @@ def test_chunked_loss_and_gradients_equal_the_plain_ones() -> None:
     assert chunking_matches(model, inputs, targets)
 
 
-def test_activation_checkpointing_switch_reaches_the_blocks() -> None:
+@pytest.mark.parametrize(("every", "wanted"), [(1, [True, True]), (2, [True, False])])
+def test_activation_checkpointing_switch_reaches_the_blocks(every: int, wanted: list[bool]) -> None:
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(tiny_causal_lm(), LoraConfig(r=2, target_modules=["q_proj"]))
-    api.checkpoint_activations(model, "tiny")
+    api.checkpoint_activations(model, "tiny", every)
     assert model.get_base_model().is_activation_checkpointing
-    assert all(layer.gradient_checkpointing for layer in model.get_base_model().model.layers)
+    assert [layer.gradient_checkpointing for layer in model.get_base_model().model.layers] == wanted
 
 
 def test_a_model_that_changes_its_logits_keeps_the_plain_loss() -> None:
@@ -103,7 +104,8 @@ def test_training_with_activation_checkpointing_or_plain_loss_follows_the_same_c
     path = write_jsonl(tmp_path / "rows.jsonl", uneven_rows(48))
     runs = {}
     for name, train in {"default": {}, "plain": {"chunked_loss": False},
-                        "checkpointed": {"activation_checkpointing": True}}.items():
+                        "checkpointed": {"activation_checkpointing": True},
+                        "every_second": {"activation_checkpointing": True, "activation_checkpointing_every": 2}}.items():
         recipe = recipe_for(tmp_path, tiny_llama_dir, path, {"type": "causal_lm"},
                             strategy={"method": "lora", "r": 4, "alpha": 8, "dropout": 0.2,
                                       "target_modules": ["q_proj", "v_proj", "up_proj"]},
@@ -113,7 +115,7 @@ def test_training_with_activation_checkpointing_or_plain_loss_follows_the_same_c
         runs[name] = (losses(run), load_file(Path(run) / "final" / "adapter_model.safetensors"))
     curve, weights = runs["default"]
     assert len(curve) == 4 and all(0 < x < 20 for x in curve)
-    for name in ("plain", "checkpointed"):
+    for name in ("plain", "checkpointed", "every_second"):
         other_curve, other_weights = runs[name]
         assert other_curve == pytest.approx(curve, rel=1e-5), name
         for key, value in weights.items():

@@ -99,14 +99,15 @@ def make_accelerator(precision: str) -> Accelerator:
     return acc
 
 
-def checkpoint_activations(model: torch.nn.Module, name: str) -> None:
-    """train.activation_checkpointing: each block keeps only its inputs and reruns in the backward pass (transformers'
-    own switch, non-reentrant, so dropout masks are replayed and frozen embeddings need no gradient)."""
+def checkpoint_activations(model: torch.nn.Module, name: str, every: int = 1) -> None:
+    """train.activation_checkpointing: each block (or every ``every``-th) keeps only its inputs and reruns in the
+    backward pass (transformers' own switch, non-reentrant, so dropout masks are replayed and frozen embeddings need
+    no gradient)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if not getattr(base, "supports_gradient_checkpointing", False):
         raise RecipeError(f"train.activation_checkpointing: '{name}' ({type(base).__name__}) does not support it; "
                           "set it to false")
-    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False}, every_n_layers=every)
 
 
 def warn_low_lr(recipe: Recipe) -> None:
@@ -165,7 +166,7 @@ def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bo
     warn_low_lr(recipe)
     model = strategy.apply(model)
     if recipe.train.activation_checkpointing:
-        checkpoint_activations(model, recipe.model.name)
+        checkpoint_activations(model, recipe.model.name, recipe.train.activation_checkpointing_every)
     counts = parameter_counts(model)
     require_free_space(run_dir or Path(recipe.output.dir),
                        checkpoint_bytes(counts["trainable"], counts["total"], recipe.train.keep_checkpoints))

@@ -125,6 +125,9 @@ class TrainConfig(Strict):
     activation_checkpointing: bool = Field(False, description="Keep only each block's inputs and recompute its "
                                            "activations in the backward pass: much less memory, about a third "
                                            "more compute (transformers models that support it).")
+    activation_checkpointing_every: int = Field(1, ge=1, description="With activation_checkpointing: checkpoint "
+                                                "every n-th block only (2: half of them), trading memory back for "
+                                                "speed where full checkpointing frees more than is needed.")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Mixed precision through Accelerate "
                                                      "(autocast; fp16 also scales the loss): a GPU lever. bf16 runs "
                                                      "on a CPU but about 2x slower there; fp16 needs a GPU.")
