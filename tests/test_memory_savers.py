@@ -105,7 +105,8 @@ def test_training_with_activation_checkpointing_or_plain_loss_follows_the_same_c
     runs = {}
     for name, train in {"default": {}, "plain": {"chunked_loss": False},
                         "checkpointed": {"activation_checkpointing": True},
-                        "every_second": {"activation_checkpointing": True, "activation_checkpointing_every": 2}}.items():
+                        "every_second": {"activation_checkpointing": True,
+                                         "activation_checkpointing_every": 2}}.items():
         recipe = recipe_for(tmp_path, tiny_llama_dir, path, {"type": "causal_lm"},
                             strategy={"method": "lora", "r": 4, "alpha": 8, "dropout": 0.2,
                                       "target_modules": ["q_proj", "v_proj", "up_proj"]},

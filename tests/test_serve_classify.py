@@ -224,7 +224,8 @@ def test_serve_command_listens_on_loopback_answers_and_stops_on_ctrl_c(classifie
             code = process.wait(60)
         except subprocess.TimeoutExpired:  # PYTHONFAULTHANDLER: SIGABRT prints every thread's stack
             process.send_signal(signal.SIGABRT)
-            pytest.fail(f"serve did not stop within 60 s of Ctrl-C; its output and threads:\n{process.communicate(timeout=30)[0][-8000:]}")
+            output = process.communicate(timeout=30)[0]
+            pytest.fail(f"serve did not stop within 60 s of Ctrl-C; its output and threads:\n{output[-8000:]}")
         assert code == 0
     finally:
         if process.poll() is None:
