@@ -56,6 +56,12 @@ def test_batch_must_divide_by_accumulation() -> None:
     assert "multiple of grad_accum" in refuse(BASE | {"train": {"batch_size": 10, "grad_accum": 4}})
 
 
+def test_checkpointing_every_nth_block_needs_checkpointing_on() -> None:
+    assert "without activation_checkpointing: true" in refuse(BASE | {"train": {"activation_checkpointing_every": 2}})
+    assert parse_recipe(BASE | {"train": {"activation_checkpointing": True,
+                                          "activation_checkpointing_every": 2}}).train.activation_checkpointing_every == 2
+
+
 def test_exactly_one_data_source() -> None:
     assert "exactly one of data.dataset" in refuse({"model": {"name": "x"}, "data": {}})
 

@@ -136,6 +136,9 @@ class TrainConfig(Strict):
     def _divisible(self) -> TrainConfig:
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})")
+        if self.activation_checkpointing_every != 1 and not self.activation_checkpointing:
+            raise ValueError(f"activation_checkpointing_every ({self.activation_checkpointing_every}) does nothing "
+                             "without activation_checkpointing: true; set that too, or remove it")
         return self
 
 
