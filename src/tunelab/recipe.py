@@ -133,7 +133,8 @@ class TrainConfig(Strict):
                                                      "on a CPU but about 2x slower there; fp16 needs a GPU.")
 
     @model_validator(mode="after")
-    def _divisible(self) -> TrainConfig:
+    def _consistent(self) -> TrainConfig:
+        """Settings that are each valid but do not fit together."""
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})")
         if self.activation_checkpointing_every != 1 and not self.activation_checkpointing:

@@ -63,8 +63,11 @@ def serve(app: FastAPI, sock: socket.socket, access_log: bool = True) -> None:
     fix), after which the graceful join returns at once and the process can hang on its way out; and setting a
     ``threading.Event`` from a handler can deadlock on the lock the interrupted ``wait`` holds."""
     asked: list[int] = []
-    handlers = {number: signal.signal(number, lambda number, _frame: asked.append(number))
-                for number in (signal.SIGINT, signal.SIGTERM)}
+
+    def ask_to_stop(number: int, _frame: object) -> None:
+        asked.append(number)
+
+    handlers = {number: signal.signal(number, ask_to_stop) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         with ServerThread(app, sock=sock, access_log=access_log) as running:
             while running.thread.is_alive() and not asked:
