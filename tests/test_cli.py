@@ -46,3 +46,17 @@ def test_errors_are_one_clear_message(tmp_path: Path, tiny_bert_dir: Path, toy_c
     assert "Did you mean 'lr'" in bad.output and "Traceback" not in bad.output
     missing = runner.invoke(app, ["predict", str(tmp_path / "nope"), "text"])
     assert missing.exit_code == 2 and "no such run folder" in missing.output
+
+
+def test_the_command_line_loads_without_torch_sklearn_or_scipy() -> None:
+    """``tunelab --help`` and every ``tunelab train`` child of compare/the web app pay only for what the command uses:
+    the command modules import the heavy libraries inside their commands (this took 4-6 s before)."""
+    import subprocess
+    import sys
+
+    code = "import sys, tunelab.cli; print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'sklearn', 'scipy', 'transformers', 'accelerate'}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    helped = subprocess.run([sys.executable, "-m", "tunelab", "--help"], capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and "train" in helped.stdout and "sample" in helped.stdout

@@ -12,7 +12,6 @@ from rich.table import Table
 
 from tunelab import cli_compare, cli_generate, cli_serve, cli_ui, cli_vae  # noqa: F401  (they register compare, generate, chat, serve, ui, score and sample on app)
 from tunelab.cli_common import Overrides, _run, app, console, read_inputs
-from tunelab.runfolder import check_name
 
 
 @app.command()
@@ -36,6 +35,7 @@ def train(
         tunelab train runs/bitfit --resume
     """
     from tunelab import api
+    from tunelab.runfolder import check_name
 
     if name is not None:  # before any data or model is loaded: a path here could point --overwrite anywhere
         _run(check_name, name)

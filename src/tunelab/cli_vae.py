@@ -5,23 +5,28 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from tunelab.cli_common import _run, app, console
-from tunelab.data.prepare import prepare_rows
-from tunelab.data.sources import read_file
 from tunelab.errors import RunError
-from tunelab.run import Run
-from tunelab.tasks import synthetic
+
+if TYPE_CHECKING:
+    from tunelab.run import Run
 
 
 GENERATIVE = ("vae", "gan")  # task types that draw samples
 
 
 def _generative_run(folder: Path, types: tuple[str, ...], command: str) -> Run:
-    """The run, refused with a clear message unless its task type is one of ``types``."""
+    """The run, refused with a clear message unless its task type is one of ``types``.
+
+    Like every command module, this one imports torch, scikit-learn and scipy only when a command runs: ``tunelab
+    --help`` and every ``tunelab train`` process (compare, the web app and the tests start many) would pay ~2-3 s more.
+    """
+    from tunelab.run import Run
+
     run = Run(folder)
     if run.recipe.task.type not in types:
         raise RunError(f"{folder}: a {run.recipe.task.type} run; {command} needs a run of task.type "
@@ -31,6 +36,8 @@ def _generative_run(folder: Path, types: tuple[str, ...], command: str) -> Run:
 
 def score_file(folder: Path, data: Path, out: Path) -> tuple[int, int, float]:
     """Score every row of a data file with a VAE run and write the scores CSV; returns (rows, flagged, threshold)."""
+    from tunelab.data.sources import read_file
+
     run = _generative_run(folder, ("vae",), "score")
     results = run.task.score_rows(run.model, read_file(data), run.recipe.eval.batch_size)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -44,6 +51,9 @@ def score_file(folder: Path, data: Path, out: Path) -> tuple[int, int, float]:
 
 def sample_run(folder: Path, n: int, out: Path, seed: int) -> dict[str, Any]:
     """Draw samples from a VAE or GAN run; the run's data is read again for the distances to real rows."""
+    from tunelab.data.prepare import prepare_rows
+    from tunelab.tasks import synthetic
+
     run = _generative_run(folder, GENERATIVE, "sample")
     task = run.task
     splits, _ = prepare_rows(run.recipe.data, task, run.recipe.seed, run.recipe.eval.max_examples)
