@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import make_recipe
+from tests.conftest import children, make_recipe
 from tests.test_train import assert_close, free_port, nodrop_bert_dir  # noqa: F401 (fixture)
 from tunelab import api
 
@@ -33,19 +33,6 @@ def launch(*args: str) -> None:
     done = subprocess.run(fsdp_command(*args), env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-
-
-def children(pid: int) -> list[int]:
-    """The ids of the processes whose parent is ``pid`` (Linux /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # ended meanwhile
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -3,20 +3,25 @@ and final/ reloads in plain transformers with identical logits."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import interrupt_after, make_recipe
+from tests.conftest import children, interrupt_after, make_recipe
 from tunelab import api
 from tunelab.errors import RunError
+from tunelab.train.checkpoint import complete_checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -106,21 +111,69 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def ddp_command(recipe: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+            "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+            "-m", "tunelab", "train", str(recipe), *args]
+
+
 def test_two_processes_equal_one(tmp_path: Path, nodrop_bert_dir: Path, toy_csv: Path) -> None:
     """accelerate launch --multi_gpu --num_processes 2 (torchrun + gloo on CPU) with the same global batch: same weights."""
     recipe = make_recipe(tmp_path, nodrop_bert_dir, toy_csv, train={"max_steps": 4, "eval_every": 4})
     single = api.train(recipe, name="single")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-               "-m", "tunelab", "train", str(recipe), "--name", "double"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(ddp_command(recipe, "--name", "double"), env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     double = tmp_path / "runs" / "double"
     assert json.loads((double / "summary.json").read_text())["processes"] == 2
     # stated tolerance: float sums in a different order (all-reduce), nothing more
     assert_close(step_weights(single, 4), step_weights(double, 4), atol=1e-5)
 
+
+def rank_of(pid: int) -> int:
+    """The RANK torchrun gave a worker process, from its environment."""
+    env = dict(line.split("=", 1) for line in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in line)
+    return int(env["RANK"])
+
+
+def test_ctrl_c_reaching_one_process_stops_every_process_at_the_same_step(tmp_path: Path, nodrop_bert_dir: Path,
+                                                                        toy_csv: Path) -> None:
+    """torchrun forwards Ctrl-C to each worker on its own, so one may see it a step before the other; the worst case,
+    SIGINT to rank 1 alone, must still stop both after the same step, with one complete checkpoint that resumes to
+    the uninterrupted run's weights bit for bit (a process that stopped alone would leave the other waiting in the
+    next all-reduce until torchrun kills both)."""
+    recipe = make_recipe(tmp_path, nodrop_bert_dir, toy_csv, train={"max_steps": 60, "eval_every": 60})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(ddp_command(recipe, "--name", "whole"), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (tmp_path / "cut.log").open("w")
+    proc = subprocess.Popen(ddp_command(recipe, "--name", "cut"), env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    cut = tmp_path / "runs" / "cut"
+    deadline = time.monotonic() + 240
+    while not (cut / "progress.json").exists():  # written from the first step on
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "cut.log").read_text()[-3000:]
+        time.sleep(0.02)
+    workers = {rank_of(pid): pid for pid in children(proc.pid)}
+    assert sorted(workers) == [0, 1], workers
+    os.kill(workers[1], signal.SIGINT)
+    try:
+        assert proc.wait(timeout=120) != 0
+    finally:  # a hang must not outlive the test: torchrun's workers are in sessions of their own
+        for pid in [*workers.values(), proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
+    output = (tmp_path / "cut.log").read_text()
+    stopped = re.findall(r"interrupted at step (\d+); a checkpoint was saved", output)
+    assert len(stopped) == 2 and stopped[0] == stopped[1], output[-3000:]  # both processes, the same step
+    step = int(stopped[0])
+    assert step < 60, "the signal must land while the run trains"
+    assert [p.name for p in complete_checkpoints(cut / "checkpoints")] == [f"step-{step:07d}"]
+    done = subprocess.run(ddp_command(cut, "--resume"), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_close(step_weights(tmp_path / "runs" / "whole", 60), step_weights(cut, 60), atol=0.0)
 
 def test_resume_refuses_changed_data(tmp_path: Path, tiny_bert_dir: Path, toy_csv: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:

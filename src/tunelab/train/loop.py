@@ -292,7 +292,7 @@ class Trainer:
                         self._eval_and_checkpoint(log, name)
                         if self.state.stopped_early or self.state.out_of_time:
                             break
-                    if self.stop_requested:
+                    if self._any_process(self.stop_requested):
                         if not due:
                             self.save()
                         raise KeyboardInterrupt
@@ -313,12 +313,21 @@ class Trainer:
         self.save()
 
     def _out_of_time(self) -> bool:
-        """Whether train.max_seconds is spent; processes agree (any one over stops all) so none waits forever."""
+        """Whether train.max_seconds is spent on any process."""
         limit = self.recipe.train.max_seconds
-        if not limit:
-            return False
-        over = torch.tensor(float(self.state.train_seconds >= limit), device=self.acc.device)
-        return bool(self.acc.reduce(over, reduction="sum") > 0) if self.acc.num_processes > 1 else bool(over)
+        return bool(limit) and self._any_process(self.state.train_seconds >= limit)
+
+    def _any_process(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any process; every process gets the same answer.
+
+        Why: a stop (Ctrl-C, a time limit) reaches each process at its own moment; under ``accelerate launch``
+        torchrun forwards Ctrl-C to each worker separately. One process that stopped alone would checkpoint while
+        the others wait in the next step's all-reduce, until torchrun kills them all 30 s later.
+        """
+        if self.acc.num_processes == 1:
+            return flag
+        raised = torch.tensor(float(flag), device=self.acc.device)
+        return bool(self.acc.reduce(raised, reduction="sum") > 0)
 
     def _build_cache(self) -> None:
         """Run the frozen part of the model once if the strategy asks for it (see feature_cache); timed as training."""
