@@ -17,7 +17,6 @@ import yaml
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
-
 @pytest.fixture(scope="session", autouse=True)
 def throwaway_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Every test (and every process a test starts) converts and caches into one folder of its own, never the
