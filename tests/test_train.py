@@ -53,7 +53,9 @@ def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: f
 def test_accumulation_equals_bigger_batch(tmp_path: Path, nodrop_bert_dir: Path, toy_csv: Path) -> None:
     one = api.train(make_recipe(tmp_path, nodrop_bert_dir, toy_csv), name="one")
     four = api.train(make_recipe(tmp_path, nodrop_bert_dir, toy_csv, train={"grad_accum": 4}), name="four")
-    assert_close(step_weights(one, 6), step_weights(four, 6), atol=2e-6)
+    # float32 sums in another order: 3.6e-6 on an AVX-512 CPU (under 2e-6 on AVX2 ones), against 3.5e-3 that the
+    # weights moved and 6.2e-3 between stepping after each micro-batch of 2 and after 4 of them (measured 2026-12-01)
+    assert_close(step_weights(one, 6), step_weights(four, 6), atol=2e-5)
     # and the weights really moved, so the comparison means something
     start = load_file(nodrop_bert_dir / "model.safetensors")
     assert (step_weights(one, 6)["bert.encoder.layer.0.output.dense.weight"]
