@@ -575,8 +575,33 @@ def test_recipe_from_a_valid_one_and_overrides(workdir: Path) -> None:
     TRIED["recipe random structures + --set"] += reached["tried"]
     substantial(reached["valid"], reached["tried"], 0.25, "made a valid recipe (its values were checked)")
     # The shares move with the draw, which shifts whenever a recipe gains a key (22.7% after the last shift): 20% is 60.
+    # The test below checks the blame on inputs that are all refused, whatever the draw.
     substantial(reached["refused a valid recipe's overrides"], reached["tried"], 0.2,
                 "were refused with the blame checked")
+
+
+SCALAR_PATHS = [path for path in paths(RESOLVED) if isinstance(value_at(RESOLVED, path), bool | int | float | str)]
+
+
+@bounded(150)
+@given(others=st.lists(st.sampled_from(paths(RESOLVED)).flatmap(one_override), max_size=2),
+       bad=st.sampled_from(SCALAR_PATHS))
+def test_a_refused_override_blames_only_the_sections_the_overrides_touched(others: list[tuple[tuple, Any]],
+                                                                           bad: tuple) -> None:
+    """Every input here is refused, so every one reaches the blame check (the test above reaches it only for the
+    share of its draw that happens to be refused): up to two overrides of any kind on keys the recipe has, then a
+    mapping where a scalar belongs. The error blames no section the overrides left alone, and names the key when it
+    is the only override (another invalid one may be what pydantic reports first, e.g. a task type it cannot tell)."""
+    TRIED["refused overrides"] += 1
+    overrides = [*others, (bad, {"x": 1})]
+    with pytest.raises(RecipeError) as caught:
+        parse_recipe(copy.deepcopy(VALID), "fuzz.yaml", [f"{'.'.join(path)}={json.dumps(value)}"
+                                                          for path, value in overrides])
+    message = str(caught.value)
+    assert "fuzz.yaml" in message, message
+    if not others:  # alone, the bad key is named (a tagged section's tag as "strategy: ... 'method'")
+        assert bad[0] in message and str(bad[-1]) in message, message
+    assert blamed_sections(message) <= {path[0] for path, _ in overrides} | {"(top level)"}, message
 
 
 @pytest.mark.parametrize("text", [
