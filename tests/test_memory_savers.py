@@ -125,23 +125,28 @@ def test_training_with_activation_checkpointing_or_plain_loss_follows_the_same_c
 
 def test_bf16_trains_close_to_fp32_and_fp16_is_refused_on_a_cpu(tmp_path: Path, tiny_llama_dir: Path) -> None:
     """bf16 autocast on a CPU: finite losses within 3% of float32's (bfloat16 keeps 8 bits of mantissa), and not
-    float32's bit for bit (autocast was on); a float32 run afterwards in the same process is float32 again."""
+    float32's bit for bit (autocast was on); a float32 run afterwards in the same process is float32 again. The
+    evaluations before and after training and ``Run.evaluate`` run under the same autocast."""
     from tunelab.errors import RecipeError
 
     path = write_jsonl(tmp_path / "rows.jsonl", uneven_rows(48))
-    curves = []
+    curves, runs = [], []
     for i, precision in enumerate(("fp32", "bf16", "fp32")):
         recipe = recipe_for(tmp_path, tiny_llama_dir, path, {"type": "causal_lm"},
                             strategy={"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0,
                                       "target_modules": ["q_proj", "v_proj"]},
                             train={"max_steps": 3, "eval_every": 3, "log_every": 1, "precision": precision},
-                            eval={"before": False}, generate={"samples": 0})
-        curves.append(losses(api.train(recipe, name=f"{precision}-{i}")))
+                            generate={"samples": 0})
+        runs.append(api.train(recipe, name=f"{precision}-{i}"))
+        curves.append(losses(runs[-1]))
     fp32, bf16, again = curves
     assert all(torch.isfinite(torch.tensor(bf16))) and len(bf16) == 3
     assert bf16 == pytest.approx(fp32, rel=3e-2)
     assert bf16 != fp32
     assert again == fp32
+    before = [run.summary["before"]["test"]["loss"] for run in runs]  # the same untouched model each time
+    assert before[1] == pytest.approx(before[0], rel=1e-2) and before[1] != before[0] and before[2] == before[0]
+    assert runs[1].evaluate("test")["loss"] == runs[1].summary["after"]["test"]["loss"]  # tunelab eval: bf16 too
     if not torch.cuda.is_available():
         recipe = recipe_for(tmp_path, tiny_llama_dir, path, {"type": "causal_lm"}, train={"precision": "fp16"})
         with pytest.raises(RecipeError, match="fp16 needs a GPU"):

@@ -24,6 +24,7 @@ from tunelab.errors import RecipeError, RunError
 from tunelab.evaluate.drift import snapshot, weight_drift
 from tunelab.evaluate.memory import RssSampler, peak_rss_bytes
 from tunelab.evaluate.metrics import majority_baseline
+from tunelab.evaluate.precision import evaluation_autocast
 from tunelab.recipe import Recipe, load_recipe
 from tunelab.io import write_json
 from tunelab.runfolder import (MetricsLog, check_not_finished, checkpoint_bytes, existing_run, new_run_dir,
@@ -89,7 +90,7 @@ def make_accelerator(precision: str) -> Accelerator:
     cuda = torch.cuda.is_available()
     if precision == "fp16" and not cuda:
         raise RecipeError("train.precision: fp16 needs a GPU (float16 autocast with loss scaling); on a CPU use "
-                          "bf16 (autocast; about 2x slower than fp32 on this machine's CPU) or fp32")
+                          "bf16 (autocast; faster than fp32 on a CPU with AVX512-BF16 or AMX, slower on one without) or fp32")
     wanted = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     if AcceleratorState._shared_state.get("_mixed_precision", wanted) != wanted:
         AcceleratorState._reset_state()
@@ -121,11 +122,12 @@ def warn_low_lr(recipe: Recipe) -> None:
 
 
 def _eval_splits(task: Any, model: torch.nn.Module, data: PreparedData, recipe: Recipe) -> dict[str, Any]:
-    results = {name: task.evaluate(model, data.splits[name], recipe.eval.batch_size)
-               for name in ("validation", "test") if data.splits.get(name)}
-    if hasattr(task, "generate_and_score"):  # generative tasks also generate, on the test split (else validation)
-        split = "test" if data.splits.get("test") else "validation"
-        results[split] |= task.generate_and_score(model, data.splits[split], recipe.eval.batch_size)
+    with evaluation_autocast(model, recipe.train.precision):  # bf16 runs are evaluated under bf16 autocast too
+        results = {name: task.evaluate(model, data.splits[name], recipe.eval.batch_size)
+                   for name in ("validation", "test") if data.splits.get(name)}
+        if hasattr(task, "generate_and_score"):  # generative tasks also generate, on the test split (else validation)
+            split = "test" if data.splits.get("test") else "validation"
+            results[split] |= task.generate_and_score(model, data.splits[split], recipe.eval.batch_size)
     return results
 
 

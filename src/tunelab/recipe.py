@@ -129,8 +129,9 @@ class TrainConfig(Strict):
                                                 "every n-th block only (2: half of them), trading memory back for "
                                                 "speed where full checkpointing frees more than is needed.")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Mixed precision through Accelerate "
-                                                     "(autocast; fp16 also scales the loss): a GPU lever. bf16 runs "
-                                                     "on a CPU but about 2x slower there; fp16 needs a GPU.")
+                                                     "(autocast; fp16 also scales the loss), evaluation included. "
+                                                     "bf16 pays on a CPU with bfloat16 units (AVX512-BF16, AMX) and "
+                                                     "runs about 2x slower on one without; fp16 needs a GPU.")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

@@ -15,6 +15,7 @@ from typing import Any
 
 from tunelab.data.prepare import prepare_rows
 from tunelab.errors import RunError
+from tunelab.evaluate.precision import evaluation_autocast
 from tunelab.runfolder import existing_run
 from tunelab.tasks import load_task
 
@@ -85,9 +86,10 @@ class Run(os.PathLike):
         splits, _ = prepare_rows(self.recipe.data, task, self.recipe.seed, self.recipe.eval.max_examples)
         if split not in splits:
             raise RunError(f"split '{split}' does not exist; splits: {', '.join(splits)}")
-        metrics = task.evaluate(task.model, splits[split], self.recipe.eval.batch_size)
-        if hasattr(task, "generate_and_score"):  # generation tasks: BLEU, chrF, ROUGE-L and outputs as well
-            metrics |= task.generate_and_score(task.model, splits[split], self.recipe.eval.batch_size)
+        with evaluation_autocast(task.model, self.recipe.train.precision):  # as training evaluated it
+            metrics = task.evaluate(task.model, splits[split], self.recipe.eval.batch_size)
+            if hasattr(task, "generate_and_score"):  # generation tasks: BLEU, chrF, ROUGE-L and outputs as well
+                metrics |= task.generate_and_score(task.model, splits[split], self.recipe.eval.batch_size)
         return metrics
 
 
