@@ -177,6 +177,7 @@ def test_ctrl_c_reaching_one_process_stops_every_process_at_the_same_step(tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     assert_close(step_weights(tmp_path / "runs" / "whole", 60), step_weights(cut, 60), atol=0.0)
 
+
 def test_resume_refuses_changed_data(tmp_path: Path, tiny_bert_dir: Path, toy_csv: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A checkpoint remembers the fingerprint of every split; resuming on other data is refused, naming the split."""

@@ -90,7 +90,8 @@ def make_accelerator(precision: str) -> Accelerator:
     cuda = torch.cuda.is_available()
     if precision == "fp16" and not cuda:
         raise RecipeError("train.precision: fp16 needs a GPU (float16 autocast with loss scaling); on a CPU use "
-                          "bf16 (autocast; faster than fp32 on a CPU with AVX512-BF16 or AMX, slower on one without) or fp32")
+                          "bf16 (autocast; faster than fp32 on a CPU with AVX512-BF16 or AMX, slower on one "
+                          "without) or fp32")
     wanted = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     if AcceleratorState._shared_state.get("_mixed_precision", wanted) != wanted:
         AcceleratorState._reset_state()
