@@ -157,8 +157,9 @@ def report(results: dict[str, tuple[Result, Result, Result | None]], specs: dict
         f"# Bench {started:%Y-%m-%d %H:%M}",
         "",
         f"Machine: {machine()}.",
-        f"Load average (1, 5, 15 min) at start: {loads[0]}; at end: {loads[1]}. Other work shared these cores, so "
-        "wall-clock ratios carry noise; the per-CPU-second column divides by the process's own CPU time instead.",
+        f"Load average (1, 5, 15 min) at start: {loads[0]}; at end: {loads[1]}. The bench's own compute threads "
+        "count in it; a load above their number means other work shared these cores and wall-clock ratios carry "
+        "noise (the per-CPU-second column divides by each process's own CPU time instead).",
         f"float32 matmul ({args.matmul_size}x{args.matmul_size}) at start / end: "
         f"{peaks[0]:.1f} / {peaks[1]:.1f} GFLOP/s; MFU divides by the higher.",
         f"Data: Rotten Tomatoes subset, {args.train_rows} train / {args.validation_rows} validation rows; "
