@@ -24,13 +24,12 @@ from tunelab.errors import RecipeError, RunError
 from tunelab.evaluate.drift import snapshot, weight_drift
 from tunelab.evaluate.memory import RssSampler, peak_rss_bytes
 from tunelab.evaluate.metrics import majority_baseline
-from tunelab.evaluate.precision import evaluation_autocast
 from tunelab.recipe import Recipe, load_recipe
 from tunelab.io import write_json
 from tunelab.runfolder import (MetricsLog, check_not_finished, checkpoint_bytes, existing_run, new_run_dir,
                                require_free_space, run_dir_for)
 from tunelab.strategies.registry import make_strategy
-from tunelab.run import Run
+from tunelab.run import Run, score_split
 from tunelab.tasks import build_task
 from tunelab.tracking import require_trackers, start_trackers
 from tunelab.tasks.generation import side_by_side
@@ -123,13 +122,9 @@ def warn_low_lr(recipe: Recipe) -> None:
 
 
 def _eval_splits(task: Any, model: torch.nn.Module, data: PreparedData, recipe: Recipe) -> dict[str, Any]:
-    with evaluation_autocast(model, recipe.train.precision):  # bf16 runs are evaluated under bf16 autocast too
-        results = {name: task.evaluate(model, data.splits[name], recipe.eval.batch_size)
-                   for name in ("validation", "test") if data.splits.get(name)}
-        if hasattr(task, "generate_and_score"):  # generative tasks also generate, on the test split (else validation)
-            split = "test" if data.splits.get("test") else "validation"
-            results[split] |= task.generate_and_score(model, data.splits[split], recipe.eval.batch_size)
-    return results
+    generated = "test" if data.splits.get("test") else "validation"  # generative tasks generate on one split only
+    return {name: score_split(task, model, data.splits[name], recipe, generate=name == generated)
+            for name in ("validation", "test") if data.splits.get(name)}
 
 
 def train(recipe: Recipe | str | Path, *, name: str | None = None, overwrite: bool = False, resume: bool = False,

@@ -86,11 +86,17 @@ class Run(os.PathLike):
         splits, _ = prepare_rows(self.recipe.data, task, self.recipe.seed, self.recipe.eval.max_examples)
         if split not in splits:
             raise RunError(f"split '{split}' does not exist; splits: {', '.join(splits)}")
-        with evaluation_autocast(task.model, self.recipe.train.precision):  # as training evaluated it
-            metrics = task.evaluate(task.model, splits[split], self.recipe.eval.batch_size)
-            if hasattr(task, "generate_and_score"):  # generation tasks: BLEU, chrF, ROUGE-L and outputs as well
-                metrics |= task.generate_and_score(task.model, splits[split], self.recipe.eval.batch_size)
-        return metrics
+        return score_split(task, task.model, splits[split], self.recipe)
+
+
+def score_split(task: Any, model: Any, features: list[Any], recipe: Any, generate: bool = True) -> dict[str, Any]:
+    """One split's metrics, as training and ``tunelab eval`` both report them: the task's evaluation, and for
+    generation tasks (``generate``) BLEU, chrF, ROUGE-L and outputs as well, all under the run's train.precision."""
+    with evaluation_autocast(model, recipe.train.precision):
+        metrics = task.evaluate(model, features, recipe.eval.batch_size)
+        if generate and hasattr(task, "generate_and_score"):
+            metrics |= task.generate_and_score(model, features, recipe.eval.batch_size)
+    return metrics
 
 
 def open_run(folder: str | Path | Run) -> Run:
