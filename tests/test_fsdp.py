@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,16 +16,14 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import children, make_recipe
-from tests.test_train import assert_close, free_port, nodrop_bert_dir  # noqa: F401 (fixture)
+from tests.test_train import assert_close, launch_command, nodrop_bert_dir  # noqa: F401 (fixture)
 from tunelab import api
 
 LORA = {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0}
 
 
 def fsdp_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2",
-            "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(free_port()), "-m", "tunelab", "train", *args]
+    return launch_command(["--use_fsdp", "--fsdp_version", "2"], *args)
 
 
 def launch(*args: str) -> None:

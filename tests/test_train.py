@@ -113,10 +113,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def ddp_command(recipe: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+def launch_command(distributed: list[str], *args: str) -> list[str]:
+    """``accelerate launch`` of ``tunelab train ARGS`` on 2 local processes, in the mode ``distributed`` names."""
+    return [sys.executable, "-m", "accelerate.commands.launch", *distributed, "--num_processes", "2", "--num_machines",
             "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-            "-m", "tunelab", "train", str(recipe), *args]
+            "-m", "tunelab", "train", *args]
+
+
+def ddp_command(recipe: Path, *args: str) -> list[str]:
+    return launch_command(["--multi_gpu"], str(recipe), *args)
 
 
 def test_two_processes_equal_one(tmp_path: Path, nodrop_bert_dir: Path, toy_csv: Path) -> None:
